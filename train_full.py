@@ -454,18 +454,19 @@ def augment_task(task, augmentation):
 
 def augmentation_table(count, seed, task_id):
     """`count` distinct augmentations as arrays (dihedral (count,), colours (count, 10)), the identity first.
-    The draw depends only on (count, seed, task_id), so every run and every process gets the same table."""
+    The draw depends only on (seed, task_id), in fixed-size chunks, so every run and every process gets
+    the same table, and a longer table begins with the shorter one."""
     if not 1 <= count <= NUM_DISTINCT_AUGMENTATIONS:
         raise ValueError(f"num_augmentations must be 1..{NUM_DISTINCT_AUGMENTATIONS}, got {count}")
     rng = np.random.default_rng([seed, zlib.crc32(task_id.encode())])
+    chunk = 256
     rows = np.array([[0, *range(10)]], dtype=np.uint8)
+    digits = 16 ** np.arange(11, dtype=np.int64)  # a row as one int64, so duplicates are found in 1-D
     while len(rows) < count:
-        draw = 2 * count
-        colours = rng.permuted(np.tile(np.arange(1, 10, dtype=np.uint8), (draw, 1)), axis=1)
-        dihedral = rng.integers(0, 8, size=(draw, 1), dtype=np.uint8)
-        candidates = np.concatenate([dihedral, np.zeros((draw, 1), np.uint8), colours], axis=1)
-        rows = np.concatenate([rows, candidates])
-        _, first = np.unique(rows, axis=0, return_index=True)
+        colours = rng.permuted(np.tile(np.arange(1, 10, dtype=np.uint8), (chunk, 1)), axis=1)
+        dihedral = rng.integers(0, 8, size=(chunk, 1), dtype=np.uint8)
+        rows = np.concatenate([rows, np.concatenate([dihedral, np.zeros((chunk, 1), np.uint8), colours], axis=1)])
+        _, first = np.unique(rows.astype(np.int64) @ digits, return_index=True)  # first occurrences
         rows = rows[np.sort(first)]
     rows = rows[:count]
     return rows[:, 0].astype(np.int64), rows[:, 1:]
