@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+
+import train_full as tf
+from helpers import make_task, small_dataset, write_json, write_kaggle_folder
+
+NOWHERE = "/nonexistent-folder"
+CONFIG = {**tf.CONFIG, "num_augmentations": 6, "vote_augmentations": 2}
+# A grid of a shape no other test grid has, with a pattern of its own.
+MARKER = ((np.arange(23 * 17).reshape(23, 17) * 7) % 10).tolist()
+MARKER_SHAPES = {(23, 17), (17, 23)}
+
+
+def every_training_grid(training_set):
+    """The base pairs and every augmented example the model can be shown."""
+    yield from training_set.inputs
+    yield from training_set.outputs
+    for i in range(len(training_set)):
+        grid_in, grid_out, _ = training_set.example(i)
+        yield grid_in
+        yield grid_out
+
+
+def holds_marker(training_set):
+    return any(grid.shape in MARKER_SHAPES for grid in every_training_grid(training_set))
+
+
+def planted_kaggle_folder(folder, plant_in):
+    data = small_dataset()
+    data["test"] = {"hidden1": make_task(seed=30, num_test=2)}
+    for split, task_id, index in plant_in:
+        data[split][task_id]["test"][index]["output"] = MARKER
+    return write_kaggle_folder(folder, data, solutions=tf.SPLITS)
+
+
+def test_the_leak_detector_finds_a_marker_planted_in_training(tmp_path):
+    folder = planted_kaggle_folder(str(tmp_path), [("training", "train1", 0)])
+    tasks = tf.load_kaggle_folder(folder)
+    assert holds_marker(tf.build_training_set(tasks, CONFIG))
+
+
+def test_evaluation_and_test_outputs_never_reach_the_training_set(tmp_path):
+    folder = planted_kaggle_folder(str(tmp_path), [("evaluation", "evalB", 2), ("test", "hidden1", 1)])
+    tasks = tf.load_kaggle_folder(folder)
+    assert tasks["evaluation"][1].test_outputs[2].shape == (23, 17)  # the answers were loaded...
+    assert tasks["test"][0].test_outputs[1].shape == (23, 17)
+    assert not holds_marker(tf.build_training_set(tasks, CONFIG))   # ...and never trained on
+
+
+def test_repository_evaluation_outputs_never_reach_the_training_set(tmp_path):
+    evaluation = make_task(seed=40)
+    evaluation["test"][0]["output"] = MARKER
+    write_json(str(tmp_path / "evaluation" / "e1.json"), evaluation)
+    write_json(str(tmp_path / "training" / "t1.json"), make_task(seed=41))
+    tasks = tf.load_repository_folder(str(tmp_path))
+    assert not holds_marker(tf.build_training_set(tasks, CONFIG))
+
+
+def test_training_tasks_give_every_pair_and_held_out_tasks_only_demonstrations(tmp_path):
+    data = small_dataset()
+    data["test"] = {"hidden1": make_task(seed=30, num_train=4)}
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), data))
+    training_set = tf.build_training_set(tasks, CONFIG)
+    assert training_set.task_ids == ["train0", "train1", "train2", "evalA", "evalB", "hidden1"]
+    assert training_set.task_splits == ["training"] * 3 + ["evaluation"] * 2 + ["test"]
+    pairs_per_task = np.bincount(training_set.pair_task).tolist()
+    assert pairs_per_task == [3, 3, 3, 2, 2, 4]  # training: 2 demonstrations + 1 test pair
+    assert len(training_set) == 17 * 6 and training_set.num_embeddings == 6 * 6
+
+
+def test_the_placeholder_test_split_adds_no_duplicate_pairs(tmp_path):
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
+    assert [t.id for t in tasks["test"]] == ["evalA", "evalB"]
+    training_set = tf.build_training_set(tasks, CONFIG)
+    assert training_set.task_ids == ["train0", "train1", "train2", "evalA", "evalB"]
+    assert len(training_set.inputs) == 9 + 4
+
+
+def test_a_training_copy_of_a_held_out_task_gives_only_its_demonstrations(tmp_path):
+    data = small_dataset()
+    data["training"]["copy"] = data["evaluation"]["evalA"]      # same content, another id
+    data["training"]["evalB"] = make_task(seed=99)              # same id, other content
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), data))
+    training_set = tf.build_training_set(tasks, CONFIG)
+    assert training_set.num_dropped == 1                        # the copy's test pair
+    answers = {tf.grid_key(g) for t in tasks["evaluation"] for g in t.test_outputs}
+    assert not answers & {tf.grid_key(g) for g in training_set.outputs}
+    evalb = training_set.task_ids.index("evalB")
+    assert np.bincount(training_set.pair_task)[evalb] == 2 + 2  # demonstrations of both, no test pair
+
+
+def test_each_example_is_an_augmented_pair_with_its_task_and_augmentation_id(tmp_path):
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
+    training_set = tf.build_training_set(tasks, CONFIG)
+    seen_ids = set()
+    for index in range(len(training_set)):
+        grid_in, grid_out, embedding_id = training_set.example(index)
+        pair, augmentation_index = divmod(index, 6)
+        task_index = training_set.pair_task[pair]
+        assert embedding_id == task_index * 6 + augmentation_index
+        augmentation = training_set.augmentation(task_index, augmentation_index)
+        assert np.array_equal(grid_in, tf.augment_grid(training_set.inputs[pair], augmentation))
+        assert np.array_equal(grid_out, tf.augment_grid(training_set.outputs[pair], augmentation))
+        seen_ids.add(embedding_id)
+    assert seen_ids == set(range(training_set.num_embeddings))
+    grid_in, _, _ = training_set.example(0)
+    assert np.array_equal(grid_in, training_set.inputs[0])  # augmentation 0 is the identity
+
+
+@pytest.mark.parametrize("source", ["arc-agi-2", "arc-agi-1"])
+def test_no_embedded_evaluation_answer_is_a_training_example(source):
+    config = {**CONFIG, "data_source": source}
+    tasks, _ = tf.load_tasks(config, local_folder=NOWHERE, kaggle_root=NOWHERE)
+    training_set = tf.build_training_set(tasks, config)
+    answers = {(tf.grid_key(i), tf.grid_key(o)) for t in tasks["evaluation"]
+               for i, o in zip(t.test_inputs, t.test_outputs)}
+    pairs = {(tf.grid_key(i), tf.grid_key(o)) for i, o in zip(training_set.inputs, training_set.outputs)}
+    assert len(answers) > 100 and not answers & pairs

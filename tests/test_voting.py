@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+import train_full as tf
+from helpers import small_dataset, write_kaggle_folder
+
+AUGMENTATIONS = [tf.Augmentation(d, (0, *np.roll(np.arange(1, 10), d).tolist())) for d in range(8)]
+TEST_INPUT = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
+TRUTH = np.array([[7, 0], [0, 7], [3, 3]], np.uint8)
+WRONG = np.array([[7, 0], [0, 7], [3, 4]], np.uint8)
+
+
+def predicted_under(grids, augmentations):
+    """What a model that answers `grids[i]` in original terms predicts on the augmented task."""
+    return [tf.augment_grid(grid, augmentation) for grid, augmentation in zip(grids, augmentations)]
+
+
+def test_the_majority_wins_after_each_augmentation_is_undone():
+    answers = [TRUTH] * 5 + [WRONG] * 3
+    predictions = predicted_under(answers, AUGMENTATIONS)
+    assert len({tf.grid_key(p) for p in predictions}) == 8  # as predicted, no two agree
+    result = tf.vote(predictions, AUGMENTATIONS, TEST_INPUT)
+    assert np.array_equal(result.attempts[0], TRUTH) and np.array_equal(result.attempts[1], WRONG)
+    assert result.votes == (5, 3)
+
+
+def test_a_tie_goes_to_the_more_confident_grid():
+    predictions = predicted_under([WRONG, TRUTH, WRONG, TRUTH], AUGMENTATIONS)
+    result = tf.vote(predictions, AUGMENTATIONS[:4], TEST_INPUT, confidences=[-2.0, -0.1, -2.0, -0.3])
+    assert np.array_equal(result.attempts[0], TRUTH) and result.votes == (2, 2)
+
+
+def test_a_tie_without_confidences_goes_to_the_grid_seen_first_every_time():
+    predictions = predicted_under([WRONG, TRUTH, TRUTH, WRONG], AUGMENTATIONS)
+    for _ in range(3):
+        assert np.array_equal(tf.vote(predictions, AUGMENTATIONS[:4], TEST_INPUT).attempts[0], WRONG)
+
+
+def test_more_votes_beat_higher_confidence():
+    predictions = predicted_under([WRONG, TRUTH, TRUTH], AUGMENTATIONS)
+    result = tf.vote(predictions, AUGMENTATIONS[:3], TEST_INPUT, confidences=[0.0, -5.0, -5.0])
+    assert np.array_equal(result.attempts[0], TRUTH)
+
+
+def test_a_single_distinct_grid_gets_the_test_input_as_second_attempt():
+    result = tf.vote(predicted_under([TRUTH] * 4, AUGMENTATIONS), AUGMENTATIONS[:4], TEST_INPUT)
+    assert np.array_equal(result.attempts[0], TRUTH)
+    assert np.array_equal(result.attempts[1], TEST_INPUT) and result.votes == (4, 0)
+
+
+def test_when_the_only_prediction_is_the_test_input_the_second_attempt_differs():
+    result = tf.vote(predicted_under([TEST_INPUT] * 3, AUGMENTATIONS), AUGMENTATIONS[:3], TEST_INPUT)
+    assert np.array_equal(result.attempts[0], TEST_INPUT)
+    assert not np.array_equal(result.attempts[1], TEST_INPUT)
+    assert np.array_equal(result.attempts[1], np.rot90(TEST_INPUT))
+
+
+@pytest.mark.parametrize("test_input", [np.zeros((1, 1), np.uint8), np.full((3, 3), 4, np.uint8)])
+def test_even_a_fully_symmetric_input_gets_two_distinct_attempts(test_input):
+    result = tf.vote([test_input], [tf.IDENTITY], test_input)
+    assert not np.array_equal(result.attempts[0], result.attempts[1])
+
+
+def test_predictions_that_did_not_decode_take_no_part():
+    predictions = predicted_under([TRUTH, TRUTH], AUGMENTATIONS)
+    result = tf.vote([None, predictions[0], None, predictions[1]],
+                     [AUGMENTATIONS[5], AUGMENTATIONS[0], AUGMENTATIONS[6], AUGMENTATIONS[1]], TEST_INPUT)
+    assert np.array_equal(result.attempts[0], TRUTH) and result.votes == (2, 0)
+    nothing = tf.vote([None, None], AUGMENTATIONS[:2], TEST_INPUT)
+    assert np.array_equal(nothing.attempts[0], TEST_INPUT) and nothing.votes == (0, 0)
+
+
+def scale_up_predictor(canvases, embedding_ids):
+    """A model that knows its rule: every cell becomes a 2x2 block. The rule commutes with every
+    augmentation, so each augmented prediction maps back to the same grid."""
+    outputs = []
+    for canvas in canvases:
+        grid = tf.decode_grid(canvas)
+        outputs.append(tf.encode_grid(np.kron(grid, np.ones((2, 2), np.uint8)), canvas.shape))
+    return np.stack(outputs), np.zeros(len(canvases))
+
+
+def test_predicting_a_task_runs_augment_encode_decode_invert_and_vote(tmp_path):
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
+    config = {**tf.CONFIG, "num_augmentations": 8, "vote_augmentations": 8}
+    training_set = tf.build_training_set(tasks, config)
+    votes = tf.predict_tasks(tasks["evaluation"], training_set, scale_up_predictor, config)
+    evalb = tasks["evaluation"][1]
+    assert len(votes["evalB"]) == 3
+    for test_input, task_vote in zip(evalb.test_inputs, votes["evalB"]):
+        assert task_vote.attempts[0].shape == (10, 4)  # the output's shape differs from the input's
+        assert np.array_equal(task_vote.attempts[0], np.kron(test_input, np.ones((2, 2), np.uint8)))
+        assert task_vote.votes[0] == 8
+    identity = tf.predict_tasks(tasks["evaluation"], training_set, tf.identity_predictor, config)
+    assert np.array_equal(identity["evalA"][0].attempts[0], tasks["evaluation"][0].test_inputs[0])
