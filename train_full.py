@@ -333,11 +333,12 @@ def find_kaggle_input(root=KAGGLE_INPUT):
     for name in KAGGLE_COMPETITION_FOLDERS:
         if is_kaggle_folder(os.path.join(root, name)):
             return os.path.join(root, name)
-    for folder, subfolders, _ in sorted(os.walk(root)):
-        if folder[len(root):].count(os.sep) >= 3:
-            subfolders.clear()  # datasets can be deep; the competition files sit near the top
-        elif is_kaggle_folder(folder):
+    for folder, subfolders, _ in os.walk(root):
+        if is_kaggle_folder(folder):
             return folder
+        subfolders.sort()
+        if folder[len(root):].count(os.sep) >= 3:
+            subfolders.clear()  # attached datasets can be deep and large; competition files sit near the top
     return None
 
 

@@ -73,6 +73,13 @@ def test_the_kaggle_input_search_finds_a_folder_under_another_name(tmp_path):
     assert tf.find_kaggle_input(NOWHERE) is None
 
 
+def test_the_kaggle_input_search_stays_near_the_top(tmp_path):
+    write_kaggle_folder(str(tmp_path / "a" / "b" / "c" / "d"), small_dataset())
+    assert tf.find_kaggle_input(str(tmp_path)) is None
+    write_kaggle_folder(str(tmp_path / "a" / "b" / "c"), small_dataset())
+    assert tf.find_kaggle_input(str(tmp_path)) == str(tmp_path / "a" / "b" / "c")
+
+
 def test_a_named_data_dir_is_used(tmp_path):
     write_kaggle_folder(str(tmp_path), small_dataset())
     tasks, origin = tf.load_tasks(config(data_dir=str(tmp_path)), local_folder=NOWHERE, kaggle_root=NOWHERE)
