@@ -8,10 +8,13 @@ encoding, augmentation, the training set, voting and scoring, outputs, main(). I
 but define these; tests call the functions directly.
 """
 import ast
+import contextlib
 import difflib
 import importlib.util
 import json
+import math
 import os
+import random
 import sys
 import time
 import zlib
@@ -19,6 +22,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 # -----------------------------------------------------------------------------
 # Settings. Every default lives here; config.py holds named presets (--preset=NAME), and --key=value
@@ -30,11 +37,39 @@ CONFIG = {
     "data_source": "arc-agi-2",  # embedded data when no folder is found: arc-agi-2 (Kaggle 2025), arc-agi-1, kaggle2024
     # canvas and augmentation
     "canvas_size": 30,           # side of the square canvas every grid is drawn on; 30 holds every ARC grid
-    "num_augmentations": 64,     # distinct augmentations per task (the identity first), each its own task embedding
+    "num_augmentations": 32,     # distinct augmentations per task (the identity first), each its own task embedding
     "vote_augmentations": 8,     # augmentations each test input is predicted under before voting (<= num_augmentations)
-    "seed": 0,                   # seeds the augmentation draw; the same seed gives the same run
-    # outputs
-    "output_dir": "",            # "" means /kaggle/working on Kaggle, else outputs/
+    # model
+    "embed_dim": 256,            # transformer width
+    "num_layers": 6,             # transformer blocks
+    "num_heads": 8,              # attention heads (embed_dim must divide by it)
+    "mlp_ratio": 4.0,            # SwiGLU hidden width, as a multiple of embed_dim (times 2/3)
+    "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
+    # training
+    "batch_size": 32,            # pairs per optimisation step (and canvases per prediction batch)
+    "learning_rate": 3e-4,       # peak AdamW learning rate of the transformer
+    "task_embedding_lr": 1e-2,   # peak SparseAdam learning rate of the (zero-initialised) task embeddings
+    "weight_decay": 0.1,         # AdamW weight decay on matrices (not on embeddings or norms)
+    "warmup_steps": 200,         # linear warm-up, then cosine decay over the steps or the budget, whichever ends first
+    "min_lr_ratio": 0.1,         # the decay ends at this fraction of the peak learning rates
+    "grad_clip": 1.0,            # clip the transformer's gradient norm to this
+    "epochs": 100000,            # passes over every training pair (each under a random augmentation); an upper
+                                 # bound: the time budget normally ends the run first
+    "target_runtime_hours": 7.0, # the whole run, start to last file written (0.05 is three minutes)
+    "seed": 0,                   # seeds the model, the augmentation tables and the batch order
+    # evaluation, checkpoints, logs
+    "eval_every_n_epochs": 50,   # evaluate every this many epochs (0: never by epochs)
+    "eval_every_n_minutes": 30.0,  # and every this many minutes (0: never by time)
+    "log_every_n_steps": 50,     # one progress line / metrics.jsonl record per this many steps
+    "checkpoint_dir": "checkpoints",  # last.pt (to resume) and best.pt (best evaluation) live here
+    "save_every_n_minutes": 30.0,  # write last.pt this often; a crash loses at most this much training
+    "resume": False,             # continue from checkpoint_dir/last.pt: same step, same budget clock
+    "output_dir": "",            # submission.json, eval_predictions.json, metrics.jsonl; "" means
+                                 # /kaggle/working on Kaggle, else outputs/
+    # hardware
+    "device": "auto",            # auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...
+    "dtype": "auto",             # auto (bf16 on GPUs that have it, fp16 + scaler on others, fp32 on CPU),
+                                 # float32, bfloat16, float16
 }
 
 SPLITS = ("training", "evaluation", "test")
@@ -128,6 +163,15 @@ def parse_config(argv, defaults=CONFIG, presets=None):
         raise ConfigError(f"data_source must be one of {', '.join(EMBEDDED_SOURCES)}, got {config['data_source']!r}")
     if not 1 <= config["canvas_size"] <= MAX_GRID_SIDE + 1:
         raise ConfigError(f"canvas_size must be 1..{MAX_GRID_SIDE + 1}, got {config['canvas_size']}")
+    if config["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {config['dtype']!r}")
+    if config["embed_dim"] % config["num_heads"]:
+        raise ConfigError(f"embed_dim ({config['embed_dim']}) must divide by num_heads ({config['num_heads']})")
+    for key in ("batch_size", "num_layers", "num_prefix_tokens", "warmup_steps", "log_every_n_steps", "epochs"):
+        if config[key] < 1:
+            raise ConfigError(f"{key} must be at least 1, got {config[key]}")
+    if config["target_runtime_hours"] <= 0:
+        raise ConfigError(f"target_runtime_hours must be positive, got {config['target_runtime_hours']}")
     if not 1 <= config["vote_augmentations"] <= config["num_augmentations"]:
         raise ConfigError("vote_augmentations must be 1..num_augmentations, got "
                           f"{config['vote_augmentations']} with num_augmentations={config['num_augmentations']}")
@@ -558,6 +602,194 @@ def build_training_set(tasks, config):
 
 
 # -----------------------------------------------------------------------------
+# Batches. An epoch is one pass over every training pair in a shuffled order, each pair under one of its
+# task's augmentations; both are drawn from (seed, epoch) alone, so a resumed run replays the same batches.
+# A batch is cut to the largest grid in it: PAD carries no loss and is masked out of attention, so the
+# cut changes the speed, not the result.
+
+def epoch_plan(training_set, seed, epoch):
+    """(pair order, augmentation index per pair) for one epoch."""
+    rng = np.random.default_rng([seed, epoch, 1])
+    order = rng.permutation(len(training_set.inputs))
+    return order, rng.integers(0, training_set.num_augmentations, size=len(order))
+
+
+def make_batch(training_set, pairs, augmentation_indices, canvas_size):
+    """Input canvases, target canvases (B, H, W) and embedding ids (B,) as int64 numpy arrays."""
+    examples = [training_set.example(int(p) * training_set.num_augmentations + int(a))
+                for p, a in zip(pairs, augmentation_indices)]
+    shape = canvas_shape([grid for example in examples for grid in example[:2]], canvas_size)
+    inputs = encode_grids([example[0] for example in examples], shape)
+    targets = encode_grids([example[1] for example in examples], shape)
+    return inputs.astype(np.int64), targets.astype(np.int64), np.array([e[2] for e in examples], dtype=np.int64)
+
+
+# -----------------------------------------------------------------------------
+# The model: a pre-norm transformer encoder over the input canvas, conditioned on its (task, augmentation)
+# by prefix tokens from a learned embedding, predicting every cell of the output canvas at once.
+
+class Attention(nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, keep):
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        # scaled_dot_product_attention picks a fused kernel (flash / memory-efficient) where one exists.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim, mlp_ratio):
+        super().__init__()
+        hidden = 8 * round(mlp_ratio * dim * 2 / 3 / 8)  # 2/3 keeps the parameter count of a GELU MLP
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, dim, num_heads, mlp_ratio):
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(dim)
+        self.attention = Attention(dim, num_heads)
+        self.mlp_norm = nn.RMSNorm(dim)
+        self.mlp = SwiGLU(dim, mlp_ratio)
+
+    def forward(self, x, keep):
+        x = x + self.attention(self.attention_norm(x), keep)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+MODEL_KEYS = ("canvas_size", "embed_dim", "num_layers", "num_heads", "mlp_ratio", "num_prefix_tokens",
+              "num_augmentations")
+
+
+class ARCTransformer(nn.Module):
+    def __init__(self, config, num_embeddings):
+        super().__init__()
+        dim, self.num_prefix_tokens = config["embed_dim"], config["num_prefix_tokens"]
+        # Sparse: a batch touches a few hundred of the (task, augmentation) rows, and SparseAdam updates
+        # only those instead of sweeping a table that can hold tens of millions of numbers.
+        self.task_embedding = nn.Embedding(num_embeddings, self.num_prefix_tokens * dim, sparse=True)
+        self.prefix_position = nn.Parameter(torch.randn(self.num_prefix_tokens, dim) * 0.02)
+        self.token_embedding = nn.Embedding(VOCAB_SIZE, dim)
+        self.row_embedding = nn.Embedding(config["canvas_size"], dim)
+        self.column_embedding = nn.Embedding(config["canvas_size"], dim)
+        self.blocks = nn.ModuleList(Block(dim, config["num_heads"], config["mlp_ratio"])
+                                    for _ in range(config["num_layers"]))
+        self.norm = nn.RMSNorm(dim)
+        self.head = nn.Linear(dim, VOCAB_SIZE, bias=False)
+        for name, parameter in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("down.weight"):  # residual outputs: depth-scaled
+                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config["num_layers"]))
+            elif parameter.dim() == 2 and name != "prefix_position":
+                nn.init.normal_(parameter, std=0.02)
+        # Zero: an unseen task starts from the shared model's behaviour, not from noise.
+        nn.init.zeros_(self.task_embedding.weight)
+
+    def forward(self, canvases, embedding_ids):
+        """Logits (B, H, W, VOCAB_SIZE) for the output canvas, from input canvases (B, H, W)."""
+        batch, height, width = canvases.shape
+        x = (self.token_embedding(canvases) + self.row_embedding.weight[:height, None]
+             + self.column_embedding.weight[None, :width]).view(batch, height * width, -1)
+        prefix = self.task_embedding(embedding_ids).view(batch, self.num_prefix_tokens, -1) + self.prefix_position
+        x = torch.cat([prefix.to(x.dtype), x], dim=1)
+        # PAD cells are masked as keys: the grid's representation then does not depend on how much
+        # padding the batch has, so a cut canvas predicts exactly what the full one does.
+        keep = torch.cat([torch.ones(batch, self.num_prefix_tokens, dtype=torch.bool, device=x.device),
+                          canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, keep)
+        return self.head(self.norm(x[:, self.num_prefix_tokens:])).view(batch, height, width, VOCAB_SIZE)
+
+
+# -----------------------------------------------------------------------------
+# The training step. Loss and accuracy count only the cells of the output grid and its end markers.
+
+def choose_device(config):
+    if config["device"] != "auto":
+        return torch.device(config["device"])
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def choose_precision(config, device):
+    """(autocast dtype or None for fp32, the reason), decided once per run."""
+    names = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if config["dtype"] != "auto":
+        return names[config["dtype"]], f"{config['dtype']} as configured"
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16, "bf16 autocast: the GPU supports bfloat16"
+    if device.type == "cuda":
+        return torch.float16, "fp16 autocast with a gradient scaler: the GPU has no bfloat16 (e.g. T4)"
+    return None, "fp32: on CPU, fp32 unless --dtype says otherwise"
+
+
+def autocast(device, amp_dtype):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+
+def make_optimizers(model, config):
+    """AdamW for the transformer (no decay on norms and embeddings' vectors), SparseAdam for the task embeddings."""
+    def decays(name, parameter):
+        return parameter.dim() == 2 and "embedding" not in name and "prefix" not in name
+    named = [(n, p) for n, p in model.named_parameters() if n != "task_embedding.weight"]
+    decay = [p for n, p in named if decays(n, p)]
+    no_decay = [p for n, p in named if not decays(n, p)]
+    dense = torch.optim.AdamW([{"params": decay, "weight_decay": config["weight_decay"]},
+                               {"params": no_decay, "weight_decay": 0.0}],
+                              lr=config["learning_rate"], betas=(0.9, 0.95))
+    sparse = torch.optim.SparseAdam([model.task_embedding.weight], lr=config["task_embedding_lr"], betas=(0.9, 0.95))
+    return dense, sparse
+
+
+def learning_rate_factor(step, progress, config):
+    """Linear warm-up over warmup_steps, then cosine decay to min_lr_ratio as `progress` goes 0 -> 1.
+    Progress is the larger of the steps done and the time budget used, so a run stopped by time still
+    ends with a decayed learning rate."""
+    if step < config["warmup_steps"]:
+        return (step + 1) / config["warmup_steps"]
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config["min_lr_ratio"] + (1 - config["min_lr_ratio"]) * cosine
+
+
+def masked_loss_and_accuracy(logits, targets):
+    """Cross-entropy over non-PAD target cells, and the fraction of them predicted right (tensors)."""
+    counted = targets != PAD
+    loss = F.cross_entropy(logits.float().view(-1, VOCAB_SIZE), targets.view(-1), ignore_index=PAD)
+    correct = (logits.argmax(-1) == targets) & counted
+    return loss, correct.sum() / counted.sum()
+
+
+def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config):
+    """One optimisation step on a batch of numpy arrays; returns (loss, accuracy) as tensors, unsynced."""
+    inputs, targets, embedding_ids = (torch.from_numpy(a).to(device, non_blocking=True) for a in batch)
+    dense, sparse = optimizers
+    dense.param_groups[0]["lr"] = dense.param_groups[1]["lr"] = config["learning_rate"] * lr_factor
+    sparse.param_groups[0]["lr"] = config["task_embedding_lr"] * lr_factor
+    with autocast(device, amp_dtype):
+        logits = model(inputs, embedding_ids)
+    loss, accuracy = masked_loss_and_accuracy(logits, targets)
+    scaler.scale(loss).backward()
+    scaler.unscale_(dense)
+    scaler.unscale_(sparse)
+    torch.nn.utils.clip_grad_norm_([p for g in dense.param_groups for p in g["params"]], config["grad_clip"])
+    scaler.step(dense)
+    scaler.step(sparse)
+    scaler.update()
+    dense.zero_grad(set_to_none=True)
+    sparse.zero_grad(set_to_none=True)
+    return loss.detach(), accuracy.detach()
+
+
+# -----------------------------------------------------------------------------
 # Prediction and voting. Each test input is predicted under several augmentations; every prediction is
 # mapped back to the original orientation and colours, identical grids are counted, and the two most
 # frequent distinct grids become attempt_1 and attempt_2.
@@ -599,28 +831,52 @@ def vote(predictions, augmentations, test_input, confidences=None):
     return Vote(tuple(grid for grid, _ in attempts), tuple(count for _, count in attempts))
 
 
-def identity_predictor(canvases, embedding_ids):
-    """A stand-in model that copies each input canvas to its output: the pipeline's floor until a trained
-    model takes its place. Returns (output canvases, confidences)."""
-    return canvases.copy(), np.zeros(len(canvases))
+def model_predictor(model, device, amp_dtype):
+    """A predictor for predict_tasks: (canvases, embedding ids) -> (argmax canvases, confidences), where a
+    confidence is the mean log-probability of the predicted cells of the decoded grid and its markers."""
+    @torch.no_grad()
+    def predict(canvases, embedding_ids):
+        model.eval()
+        with autocast(device, amp_dtype):
+            logits = model(torch.from_numpy(canvases.astype(np.int64)).to(device),
+                           torch.from_numpy(embedding_ids).to(device))
+        best_log_prob, tokens = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
+        tokens, best_log_prob = tokens.cpu().numpy(), best_log_prob.cpu().numpy()
+        confidences = []
+        for canvas, log_prob in zip(tokens, best_log_prob):
+            grid = decode_grid(canvas)
+            confidences.append(-math.inf if grid is None else
+                               float(log_prob[:grid.shape[0] + 1, :grid.shape[1] + 1].mean()))
+        model.train()
+        return tokens, np.array(confidences)
+    return predict
 
 
 def predict_tasks(tasks, training_set, predictor, config):
     """{task id: [Vote per test input]}: every test input predicted under the task's first
-    vote_augmentations augmentations, decoded and voted on."""
+    vote_augmentations augmentations (in batches of batch_size), decoded, mapped back and voted on."""
     task_index = {task_id: i for i, task_id in enumerate(training_set.task_ids)}
     canvas = (config["canvas_size"], config["canvas_size"])  # the output's size is unknown: the full canvas
-    votes = {}
+    jobs = []  # (task, test input index, augmentation, embedding id)
     for task in tasks:
         index = task_index[task.id]
-        augmentations = [training_set.augmentation(index, a) for a in range(config["vote_augmentations"])]
-        embedding_ids = np.array([training_set.embedding_id(index, a) for a in range(len(augmentations))])
-        votes[task.id] = []
-        for test_input in task.test_inputs:
-            canvases = encode_grids([augment_grid(test_input, aug) for aug in augmentations], canvas)
-            outputs, confidences = predictor(canvases, embedding_ids)
-            predictions = [decode_grid(output) for output in outputs]
-            votes[task.id].append(vote(predictions, augmentations, test_input, confidences))
+        for k in range(len(task.test_inputs)):
+            for a in range(config["vote_augmentations"]):
+                jobs.append((task, k, training_set.augmentation(index, a), training_set.embedding_id(index, a)))
+    predictions, confidences = [], []
+    for start in range(0, len(jobs), config["batch_size"]):
+        chunk = jobs[start:start + config["batch_size"]]
+        canvases = encode_grids([augment_grid(task.test_inputs[k], aug) for task, k, aug, _ in chunk], canvas)
+        outputs, chunk_confidences = predictor(canvases, np.array([job[3] for job in chunk], dtype=np.int64))
+        predictions += [decode_grid(output) for output in outputs]
+        confidences += list(chunk_confidences)
+    votes = {task.id: [] for task in tasks}
+    per_input = config["vote_augmentations"]
+    for start in range(0, len(jobs), per_input):
+        task, k = jobs[start][:2]
+        span = slice(start, start + per_input)
+        votes[task.id].append(vote(predictions[span], [job[2] for job in jobs[span]], task.test_inputs[k],
+                                   confidences[span]))
     return votes
 
 
@@ -755,16 +1011,291 @@ def resolve_output_dir(config):
 
 
 # -----------------------------------------------------------------------------
+# Checkpoints. last.pt holds all a run needs to go on: model, optimizers, gradient scaler, loop state
+# (step, epoch, batch within the epoch, budget used, evaluation bookkeeping), torch RNG states, config and
+# the task vocabulary. best.pt holds the weights that scored best and their evaluation report. Both are
+# written to a temporary file and renamed, so a kill mid-write leaves the previous file whole. The
+# learning-rate schedule is a function of (step, budget used), both in the loop state.
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit this run; the message names the file."""
+
+
+def save_atomic(obj, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(obj, temporary)
+        with open(temporary, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_checkpoint(path, model, optimizers, scaler, state, config, task_ids):
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    save_atomic({"model": model.state_dict(), "dense_optimizer": optimizers[0].state_dict(),
+                 "sparse_optimizer": optimizers[1].state_dict(), "scaler": scaler.state_dict(),
+                 "state": dict(state), "rng": rng, "config": dict(config), "task_ids": list(task_ids)}, path)
+    # A few lines a person can read without loading torch.
+    write_json_atomic(path[:-len(".pt")] + ".json", {key: state[key] for key in ("step", "epoch", "elapsed",
+                                                                                 "best_score")})
+
+
+def load_checkpoint(path, config, task_ids):
+    """The checkpoint at `path`, checked against this run's model settings and task vocabulary."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for truncated or foreign files; all mean "unreadable"
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from None
+    for key in MODEL_KEYS:
+        if checkpoint["config"][key] != config[key]:
+            raise CheckpointError(f"{path}: made with {key}={checkpoint['config'][key]!r} but this run has "
+                                  f"{key}={config[key]!r}")
+    if checkpoint["task_ids"] != list(task_ids):
+        differ = len(set(checkpoint["task_ids"]) ^ set(task_ids))
+        raise CheckpointError(f"{path}: made for other tasks ({len(checkpoint['task_ids'])} tasks there, "
+                              f"{len(task_ids)} here, {differ} ids in only one)")
+    return checkpoint
+
+
+# -----------------------------------------------------------------------------
+# The run: a time budget for the whole job, training until only the time the final evaluation and test
+# prediction need is left, periodic evaluation, checkpoints, logs.
+
+class Clock:
+    """Seconds of the budget used: those recorded by earlier processes of this run plus this process's."""
+    def __init__(self, budget_seconds, start):
+        self.budget, self.start, self.used_before = budget_seconds, start, 0.0
+
+    def used(self):
+        return self.used_before + time.perf_counter() - self.start
+
+
+class Progress:
+    """A tqdm bar over the budget where a person watches (terminal, notebook), else a plain line per interval."""
+    def __init__(self, clock, interactive):
+        self.bar = tqdm(total=round(clock.budget), initial=min(round(clock.used()), round(clock.budget)),
+                        unit="s", dynamic_ncols=True) if interactive else None
+
+    def update(self, clock, fields):
+        if self.bar is None:
+            print(" | ".join(f"{key} {value}" for key, value in fields.items())
+                  + f" | {clock.used():.0f}s of {clock.budget:.0f}s")
+        else:
+            self.bar.n = min(round(clock.used()), self.bar.total)
+            self.bar.set_postfix(fields)
+
+    def write(self, text):
+        tqdm.write(text) if self.bar is not None else print(text)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def append_metrics(path, record):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def score_key(summary):
+    """What 'better' means for best.pt: the ARC score first, then finer signs of progress."""
+    return [summary["task_score"], summary["output_score"], summary["shape_accuracy"], summary["pixel_accuracy"]]
+
+
+def seconds_per_prediction(predictor, config):
+    """Seconds to predict one full canvas, timed on a batch after a warm-up batch."""
+    rng = np.random.default_rng(0)
+    side = config["canvas_size"]
+    canvases = encode_grids([rng.integers(0, 10, size=(side, side), dtype=np.uint8)] * config["batch_size"],
+                            (side, side))
+    ids = np.zeros(config["batch_size"], dtype=np.int64)
+    predictor(canvases, ids)
+    start = time.perf_counter()
+    predictor(canvases, ids)
+    return (time.perf_counter() - start) / config["batch_size"]
+
+
+def train(config, tasks, training_set, output_dir, clock):
+    """Train within the budget, evaluate, checkpoint, then write submission.json and eval_predictions.json."""
+    torch.manual_seed(config["seed"])
+    device = choose_device(config)
+    amp_dtype, precision = choose_precision(config, device)
+    model = ARCTransformer(config, training_set.num_embeddings).to(device)
+    optimizers = make_optimizers(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    num_parameters = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
+    print(f"model: {num_parameters / 1e6:.2f}M parameters + {model.task_embedding.weight.numel() / 1e6:.2f}M in "
+          f"task embeddings | device {device} | {precision}")
+
+    checkpoint_dir = config["checkpoint_dir"]
+    last_path, best_path = os.path.join(checkpoint_dir, "last.pt"), os.path.join(checkpoint_dir, "best.pt")
+    metrics_path = os.path.join(output_dir, "metrics.jsonl")
+    submission_path = os.path.join(output_dir, "submission.json")
+    eval_path = os.path.join(output_dir, "eval_predictions.json")
+    state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "best_score": None,
+             "last_eval_epoch": 0, "last_eval_time": 0.0}
+    if config["resume"] and os.path.exists(last_path):
+        checkpoint = load_checkpoint(last_path, config, training_set.task_ids)
+        model.load_state_dict(checkpoint["model"])
+        optimizers[0].load_state_dict(checkpoint["dense_optimizer"])
+        optimizers[1].load_state_dict(checkpoint["sparse_optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        state.update(checkpoint["state"])
+        clock.used_before = state["elapsed"]
+        print(f"resumed from {last_path}: step {state['step']}, epoch {state['epoch']}, "
+              f"{state['elapsed']:.0f}s of the budget used")
+    elif config["resume"]:
+        print(f"resume: no {last_path} yet, starting fresh")
+    elif os.path.exists(last_path):
+        print(f"note: starting fresh; {last_path} from an earlier run is replaced at this run's first save "
+              "(--resume=True continues it instead)")
+    append_metrics(metrics_path, {"kind": "start", "resumed": state["step"] > 0, "torch": torch.__version__,
+                                  "device": str(device), "precision": precision, "config": config})
+
+    test_tasks = tasks["test"]
+    evaluation = [task for task in tasks["evaluation"] if task.test_outputs is not None]
+    if not evaluation:
+        print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
+    if not os.path.exists(submission_path):  # a valid file on disk from the start, whatever happens next
+        submission, _ = make_submission(test_tasks, {})
+        validate_submission(submission, test_tasks)
+        write_json_atomic(submission_path, submission)
+
+    predictor = model_predictor(model, device, amp_dtype)
+    num_eval_predictions = config["vote_augmentations"] * sum(len(t.test_inputs) for t in evaluation)
+    num_test_predictions = config["vote_augmentations"] * sum(len(t.test_inputs) for t in test_tasks)
+    timing = {"prediction": seconds_per_prediction(predictor, config), "save": 0.0, "step": 0.0}
+
+    def final_seconds():
+        """The time the end needs: last.pt, a final evaluation, the test prediction, with a margin."""
+        predictions = num_eval_predictions + num_test_predictions
+        return 1.25 * timing["prediction"] * predictions + timing["save"] + 2.0
+
+    def save_last():
+        start = time.perf_counter()
+        state["elapsed"] = clock.used()
+        save_checkpoint(last_path, model, optimizers, scaler, state, config, training_set.task_ids)
+        timing["save"] = time.perf_counter() - start
+
+    def evaluate(kind):
+        start = time.perf_counter()
+        report = eval_report(evaluation, predict_tasks(evaluation, training_set, predictor, config))
+        timing["prediction"] = (time.perf_counter() - start) / max(num_eval_predictions, 1)
+        summary = report["summary"]
+        improved = state["best_score"] is None or score_key(summary) > state["best_score"]
+        if improved:
+            state["best_score"] = score_key(summary)
+            save_atomic({"model": model.state_dict(), "report": report, "config": dict(config),
+                         "task_ids": list(training_set.task_ids), "step": state["step"]}, best_path)
+            write_json_atomic(eval_path, report)
+        state["last_eval_epoch"], state["last_eval_time"] = state["epoch"], clock.used()
+        append_metrics(metrics_path, {"kind": kind, "step": state["step"], "epoch": state["epoch"],
+                                      "elapsed": round(clock.used(), 2), **summary, "best": improved})
+        progress.write(f"{kind} at step {state['step']}: pass@2 {summary['task_score']:.4f} "
+                       f"({summary['tasks_solved']}/{summary['num_tasks']} tasks, {summary['output_score']:.4f} of "
+                       f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
+                       + (" | new best" if improved else ""))
+
+    steps_per_epoch = math.ceil(len(training_set.inputs) / config["batch_size"])
+    total_steps = config["epochs"] * steps_per_epoch
+    progress = Progress(clock, interactive=sys.stderr.isatty() or "ipykernel" in sys.modules)
+    print(f"training: {steps_per_epoch} steps per epoch of {len(training_set.inputs)} pairs; budget "
+          f"{clock.budget:.0f}s, of which about {final_seconds():.0f}s kept for the final predictions")
+    interval = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter()}
+    last_save = clock.used()
+    out_of_time = False
+    while state["epoch"] < config["epochs"] and not out_of_time:
+        order, augmentation_indices = epoch_plan(training_set, config["seed"], state["epoch"])
+        while state["batch"] < steps_per_epoch:
+            if clock.used() + final_seconds() + 2 * timing["step"] > clock.budget:
+                out_of_time = True
+                break
+            step_start = time.perf_counter()
+            chosen = slice(state["batch"] * config["batch_size"], (state["batch"] + 1) * config["batch_size"])
+            batch = make_batch(training_set, order[chosen], augmentation_indices[chosen], config["canvas_size"])
+            budget_used = clock.used() / max(clock.budget - final_seconds(), 1e-9)
+            lr_factor = learning_rate_factor(state["step"], max(state["step"] / total_steps, budget_used), config)
+            loss, accuracy = train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config)
+            state["step"] += 1
+            state["batch"] += 1
+            interval["loss"] += loss
+            interval["accuracy"] += accuracy
+            interval["steps"] += 1
+            interval["samples"] += len(batch[0])
+            if state["step"] % config["log_every_n_steps"] == 0:
+                seconds = time.perf_counter() - interval["start"]
+                record = {"kind": "train", "step": state["step"],
+                          "epoch": round(state["epoch"] + state["batch"] / steps_per_epoch, 3),
+                          "elapsed": round(clock.used(), 2),
+                          "loss": round(float(interval["loss"]) / interval["steps"], 5),  # the one sync per interval
+                          "accuracy": round(float(interval["accuracy"]) / interval["steps"], 5),
+                          "learning_rate": config["learning_rate"] * lr_factor,
+                          "samples_per_s": round(interval["samples"] / seconds, 1)}
+                append_metrics(metrics_path, record)
+                progress.update(clock, {"step": record["step"], "epoch": record["epoch"], "loss": record["loss"],
+                                        "acc": record["accuracy"], "lr": f"{record['learning_rate']:.2e}",
+                                        "samples/s": record["samples_per_s"]})
+                interval = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter()}
+            if clock.used() - last_save >= 60 * config["save_every_n_minutes"]:
+                save_last()
+                last_save = clock.used()
+            minutes_due = (config["eval_every_n_minutes"] > 0
+                           and clock.used() - state["last_eval_time"] >= 60 * config["eval_every_n_minutes"])
+            if evaluation and minutes_due and clock.used() + 2 * final_seconds() < clock.budget:
+                evaluate("eval")
+            timing["step"] = time.perf_counter() - step_start
+        if not out_of_time:
+            state["epoch"] += 1
+            state["batch"] = 0
+            epochs_due = (config["eval_every_n_epochs"] > 0
+                          and state["epoch"] - state["last_eval_epoch"] >= config["eval_every_n_epochs"])
+            if evaluation and epochs_due and clock.used() + 2 * final_seconds() < clock.budget:
+                evaluate("eval")
+    progress.close()
+    print(f"training stopped at step {state['step']}, epoch {state['epoch']} "
+          f"({'time budget' if out_of_time else 'all epochs done'}), {clock.used():.0f}s used")
+
+    save_last()
+    if evaluation:
+        evaluate("final eval")
+    if state["best_score"] is not None:
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
+    submission, num_fallback = make_submission(test_tasks, predict_tasks(test_tasks, training_set, predictor, config))
+    validate_submission(submission, test_tasks)
+    write_json_atomic(submission_path, submission)
+    print(f"submission: {len(submission)} tasks, {sum(map(len, submission.values()))} test inputs, "
+          f"{num_fallback} answered by fallback, from the {'best' if state['best_score'] else 'last'} weights, "
+          f"written to {submission_path} at {clock.used():.0f}s of {clock.budget:.0f}s")
+    if state["best_score"] is not None:
+        best = torch.load(best_path, map_location="cpu", weights_only=True)
+        summary = best["report"]["summary"]
+        print(f"best evaluation (step {best['step']}): pass@2 {summary['task_score']:.4f} on "
+              f"{summary['num_tasks']} tasks, written to {eval_path}")
+    append_metrics(metrics_path, {"kind": "end", "step": state["step"], "elapsed": round(clock.used(), 2)})
+
+
+# -----------------------------------------------------------------------------
 
 def main(argv=None, presets=None):
-    """The whole job; returns the exit code (0, or 2 for bad settings or bad data, with nothing written)."""
+    """The whole job; returns the exit code (0, or 2 for bad settings, data or checkpoint, with nothing
+    written). The time budget counts from here."""
+    start = time.perf_counter()
     argv = sys.argv[1:] if argv is None else argv
     if presets is None:
         presets = load_presets(os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals()
                                else os.getcwd())
     try:
         config = parse_config(argv, presets=presets)
-        start = time.perf_counter()
         tasks, origin = load_tasks(config)
         loaded = time.perf_counter()
         training_set = build_training_set(tasks, config)
@@ -780,25 +1311,12 @@ def main(argv=None, presets=None):
           f"{training_set.num_embeddings} task embeddings, built in {built - loaded:.2f}s"
           + (f"; {training_set.num_dropped} training pairs dropped (their input is a held-out test input)"
              if training_set.num_dropped else ""))
-    print("model: none yet; predictions come from the identity stand-in (each test input copied)")
-
-    output_dir = resolve_output_dir(config)
-    evaluation = [task for task in tasks["evaluation"] if task.test_outputs is not None]
-    if evaluation:
-        report = eval_report(evaluation, predict_tasks(evaluation, training_set, identity_predictor, config))
-        write_json_atomic(os.path.join(output_dir, "eval_predictions.json"), report)
-        summary = report["summary"]
-        print(f"evaluation: pass@2 {summary['task_score']:.4f} (task score), {summary['output_score']:.4f} of "
-              f"{summary['num_outputs']} test outputs, shape {summary['shape_accuracy']:.4f}, "
-              f"pixel {summary['pixel_accuracy']:.4f} on {summary['num_tasks']} tasks")
-    else:
-        print("evaluation: skipped, the data has no evaluation answers")
-    submission, num_fallback = make_submission(
-        tasks["test"], predict_tasks(tasks["test"], training_set, identity_predictor, config))
-    validate_submission(submission, tasks["test"])
-    write_json_atomic(os.path.join(output_dir, "submission.json"), submission)
-    print(f"submission: {len(submission)} tasks, {sum(map(len, submission.values()))} test inputs, "
-          f"{num_fallback} answered by fallback, written to {os.path.join(output_dir, 'submission.json')}")
+    clock = Clock(3600 * config["target_runtime_hours"], start)
+    try:
+        train(config, tasks, training_set, resolve_output_dir(config), clock)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
