@@ -21,6 +21,9 @@ import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
+# Run as a script, the time budget counts from here, before torch takes its seconds to import.
+SCRIPT_STARTED = time.perf_counter()
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -1131,8 +1134,8 @@ def train(config, tasks, training_set, output_dir, clock):
     optimizers = make_optimizers(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     num_parameters = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
-    print(f"model: {num_parameters / 1e6:.2f}M parameters + {model.task_embedding.weight.numel() / 1e6:.2f}M in "
-          f"task embeddings | device {device} | {precision}")
+    print(f"model: {num_parameters:,} parameters + {model.task_embedding.weight.numel():,} in task embeddings | "
+          f"device {device} | {precision}")
 
     checkpoint_dir = config["checkpoint_dir"]
     last_path, best_path = os.path.join(checkpoint_dir, "last.pt"), os.path.join(checkpoint_dir, "best.pt")
@@ -1239,7 +1242,7 @@ def train(config, tasks, training_set, output_dir, clock):
                           "elapsed": round(clock.used(), 2),
                           "loss": round(float(interval["loss"]) / interval["steps"], 5),  # the one sync per interval
                           "accuracy": round(float(interval["accuracy"]) / interval["steps"], 5),
-                          "learning_rate": config["learning_rate"] * lr_factor,
+                          "learning_rate": float(f"{config['learning_rate'] * lr_factor:.4g}"),
                           "samples_per_s": round(interval["samples"] / seconds, 1)}
                 append_metrics(metrics_path, record)
                 progress.update(clock, {"step": record["step"], "epoch": record["epoch"], "loss": record["loss"],
@@ -1286,10 +1289,10 @@ def train(config, tasks, training_set, output_dir, clock):
 
 # -----------------------------------------------------------------------------
 
-def main(argv=None, presets=None):
+def main(argv=None, presets=None, started=None):
     """The whole job; returns the exit code (0, or 2 for bad settings, data or checkpoint, with nothing
-    written). The time budget counts from here."""
-    start = time.perf_counter()
+    written). The time budget counts from `started` (perf_counter seconds), by default from this call."""
+    start = time.perf_counter() if started is None else started
     argv = sys.argv[1:] if argv is None else argv
     if presets is None:
         presets = load_presets(os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals()
@@ -1321,6 +1324,6 @@ def main(argv=None, presets=None):
 
 
 if __name__ == "__main__":
-    exit_code = main()
+    exit_code = main(started=SCRIPT_STARTED)
     if exit_code:
         sys.exit(exit_code)

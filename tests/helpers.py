@@ -44,3 +44,26 @@ def small_dataset():
         "training": {f"train{k}": make_task(seed=k) for k in range(3)},
         "evaluation": {"evalA": make_task(seed=10), "evalB": make_task(seed=11, num_test=3, shape=(5, 2))},
     }
+
+
+# Settings for a model small enough that a whole run takes a second or two on a CPU.
+TINY = ["--embed_dim=16", "--num_layers=1", "--num_heads=2", "--batch_size=8", "--num_augmentations=2",
+        "--vote_augmentations=2", "--warmup_steps=5", "--epochs=3", "--target_runtime_hours=0.05",
+        "--eval_every_n_epochs=1", "--eval_every_n_minutes=0", "--log_every_n_steps=2"]
+
+
+def synthetic_family(num_train=200, num_test=2, seed=0):
+    """Four tasks on random 3x3 grids, two recolourings and two flips, as {split: [Task]}: every task is
+    an evaluation task whose demonstrations are the training pairs and whose test pairs are held out."""
+    import train_full as tf
+    rng = np.random.default_rng(seed)
+    shift, reverse = np.array([0, 2, 3, 4, 5, 6, 7, 8, 9, 1]), np.array([0, 9, 8, 7, 6, 5, 4, 3, 2, 1])
+    rules = {"recolour_shift": lambda g: shift[g], "recolour_reverse": lambda g: reverse[g],
+             "flip_left_right": lambda g: g[:, ::-1], "flip_up_down": lambda g: g[::-1, :]}
+    tasks = []
+    for name, rule in rules.items():
+        grids = [rng.integers(0, 10, size=(3, 3)).astype(np.uint8) for _ in range(num_train + num_test)]
+        pairs = [(g, np.ascontiguousarray(rule(g)).astype(np.uint8)) for g in grids]
+        tasks.append(tf.Task(name, "evaluation", pairs[:num_train], [i for i, _ in pairs[num_train:]],
+                             [o for _, o in pairs[num_train:]]))
+    return {"training": [], "evaluation": tasks, "test": tf.as_test_split(tasks)}

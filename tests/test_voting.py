@@ -91,5 +91,20 @@ def test_predicting_a_task_runs_augment_encode_decode_invert_and_vote(tmp_path):
         assert task_vote.attempts[0].shape == (10, 4)  # the output's shape differs from the input's
         assert np.array_equal(task_vote.attempts[0], np.kron(test_input, np.ones((2, 2), np.uint8)))
         assert task_vote.votes[0] == 8
-    identity = tf.predict_tasks(tasks["evaluation"], training_set, tf.identity_predictor, config)
-    assert np.array_equal(identity["evalA"][0].attempts[0], tasks["evaluation"][0].test_inputs[0])
+
+
+def test_predictions_are_batched_and_grouped_back_per_test_input(tmp_path):
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
+    config = {**tf.CONFIG, "num_augmentations": 4, "vote_augmentations": 3, "batch_size": 5}
+    training_set = tf.build_training_set(tasks, config)
+    calls = []
+
+    def copy_predictor(canvases, embedding_ids):
+        calls.append(len(canvases))
+        return canvases.copy(), np.zeros(len(canvases))
+
+    votes = tf.predict_tasks(tasks["evaluation"], training_set, copy_predictor, config)
+    assert calls == [5, 5, 2]  # 4 test inputs x 3 augmentations
+    for task in tasks["evaluation"]:
+        for test_input, task_vote in zip(task.test_inputs, votes[task.id]):
+            assert np.array_equal(task_vote.attempts[0], test_input) and task_vote.votes[0] == 3

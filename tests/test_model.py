@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+import train_full as tf
+
+CONFIG = {**tf.CONFIG, "embed_dim": 32, "num_layers": 2, "num_heads": 4, "canvas_size": 12, "warmup_steps": 10,
+          "min_lr_ratio": 0.1}
+
+
+def model_and_batch(seed=0):
+    torch.manual_seed(seed)
+    model = tf.ARCTransformer(CONFIG, num_embeddings=6)
+    rng = np.random.default_rng(seed)
+    grids = [rng.integers(0, 10, size=shape).astype(np.uint8) for shape in [(3, 5), (7, 2), (4, 4)]]
+    return model, grids
+
+
+def test_the_model_predicts_every_cell_of_the_canvas_over_the_vocabulary():
+    model, grids = model_and_batch()
+    canvases = torch.from_numpy(tf.encode_grids(grids, (8, 6)).astype(np.int64))
+    assert model(canvases, torch.tensor([0, 1, 2])).shape == (3, 8, 6, tf.VOCAB_SIZE)
+
+
+def test_a_canvas_cut_to_the_batch_predicts_what_the_full_canvas_does():
+    model, grids = model_and_batch()
+    with torch.no_grad():
+        nn_ids = torch.tensor([1, 2, 3])
+        model.task_embedding.weight.normal_()  # conditioning in play too
+        cut_shape = tf.canvas_shape(grids, 12)
+        cut = model(torch.from_numpy(tf.encode_grids(grids, cut_shape).astype(np.int64)), nn_ids)
+        full = model(torch.from_numpy(tf.encode_grids(grids, (12, 12)).astype(np.int64)), nn_ids)
+    assert torch.allclose(cut, full[:, :cut_shape[0], :cut_shape[1]], atol=1e-5)
+
+
+def test_task_embeddings_start_at_zero_and_then_condition_the_prediction():
+    model, grids = model_and_batch()
+    canvases = torch.from_numpy(tf.encode_grids([grids[0]] * 2, (4, 6)).astype(np.int64))
+    with torch.no_grad():
+        same = model(canvases, torch.tensor([0, 5]))
+        assert torch.equal(same[0], same[1])
+        model.task_embedding.weight[5].normal_()
+        different = model(canvases, torch.tensor([0, 5]))
+    assert not torch.allclose(different[0], different[1])
+
+
+def test_pad_targets_carry_no_loss():
+    logits = torch.randn(1, 3, 3, tf.VOCAB_SIZE)
+    targets = torch.from_numpy(tf.encode_grid(np.array([[1]], np.uint8), (3, 3)).astype(np.int64))[None]
+    loss, accuracy = tf.masked_loss_and_accuracy(logits, targets)
+    changed = logits.clone()
+    changed[0, 2, 2] += 100.0  # a PAD cell of the target
+    assert torch.equal(tf.masked_loss_and_accuracy(changed, targets)[0], loss)
+    perfect = torch.nn.functional.one_hot(targets, tf.VOCAB_SIZE).float() * 50
+    assert tf.masked_loss_and_accuracy(perfect, targets)[1] == 1.0
+
+
+def test_the_learning_rate_warms_up_then_decays_to_its_floor():
+    factors = [tf.learning_rate_factor(step, step / 100, CONFIG) for step in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[100] == pytest.approx(0.1)
+    # Progress is whichever is further along: a run that has used its time ends decayed.
+    assert tf.learning_rate_factor(20, 1.0, CONFIG) == pytest.approx(0.1)
+
+
+def test_a_training_step_lowers_the_loss_on_its_batch():
+    model, grids = model_and_batch()
+    optimizers = tf.make_optimizers(model, {**CONFIG, "learning_rate": 1e-2})
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    canvases = tf.encode_grids(grids, (8, 6)).astype(np.int64)
+    batch = (canvases, canvases, np.array([0, 1, 2]))
+    losses = [float(tf.train_step(model, optimizers, scaler, batch, 1.0, torch.device("cpu"), None,
+                                  {**CONFIG, "learning_rate": 1e-2})[0]) for _ in range(20)]
+    assert losses[-1] < 0.5 * losses[0]
+    assert model.task_embedding.weight[:3].abs().sum() > 0 and model.task_embedding.weight[3:].abs().sum() == 0
+
+
+def test_precision_is_fp32_on_cpu_unless_configured():
+    assert tf.choose_precision(CONFIG, torch.device("cpu"))[0] is None
+    assert tf.choose_precision({**CONFIG, "dtype": "bfloat16"}, torch.device("cpu"))[0] is torch.bfloat16
+
+
+def test_bf16_autocast_runs_on_cpu():
+    model, grids = model_and_batch()
+    canvases = torch.from_numpy(tf.encode_grids(grids, (8, 6)).astype(np.int64))
+    with tf.autocast(torch.device("cpu"), torch.bfloat16):
+        assert model(canvases, torch.tensor([0, 1, 2])).dtype == torch.bfloat16
