@@ -1088,7 +1088,7 @@ class Progress:
     def update(self, clock, fields):
         if self.bar is None:
             print(" | ".join(f"{key} {value}" for key, value in fields.items())
-                  + f" | {clock.used():.0f}s of {clock.budget:.0f}s")
+                  + f" | {clock.used():.0f}s of {clock.budget:.0f}s, {clock.budget - clock.used():.0f}s left")
         else:
             self.bar.n = min(round(clock.used()), self.bar.total)
             self.bar.set_postfix(fields)

@@ -86,3 +86,26 @@ def test_bf16_autocast_runs_on_cpu():
     canvases = torch.from_numpy(tf.encode_grids(grids, (8, 6)).astype(np.int64))
     with tf.autocast(torch.device("cpu"), torch.bfloat16):
         assert model(canvases, torch.tensor([0, 1, 2])).dtype == torch.bfloat16
+
+
+def test_fp16_with_a_gradient_scaler_updates_the_sparse_task_embeddings():
+    model, grids = model_and_batch()
+    optimizers = tf.make_optimizers(model, CONFIG)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    canvases = tf.encode_grids(grids, (8, 6)).astype(np.int64)
+    loss, _ = tf.train_step(model, optimizers, scaler, (canvases, canvases, np.array([0, 1, 2])), 1.0,
+                            torch.device("cpu"), torch.float16, CONFIG)
+    assert torch.isfinite(loss) and scaler.get_scale() > 0
+    assert model.task_embedding.weight[:3].abs().sum() > 0
+
+
+def test_progress_is_a_bar_where_a_person_watches_and_plain_lines_elsewhere(capsys):
+    clock = tf.Clock(100.0, start=0.0)
+    plain = tf.Progress(clock, interactive=False)
+    plain.update(clock, {"step": 7, "loss": 0.5})
+    assert capsys.readouterr().out.startswith("step 7 | loss 0.5 | ")
+    bar = tf.Progress(tf.Clock(100.0, start=__import__("time").perf_counter()), interactive=True)
+    bar.update(clock, {"step": 8})
+    bar.close()
+    captured = capsys.readouterr()
+    assert "step=8" in captured.err and captured.out == ""
