@@ -1301,6 +1301,7 @@ def main(argv=None, presets=None, started=None):
                                else os.getcwd())
     try:
         config = parse_config(argv, presets=presets)
+        loading = time.perf_counter()
         tasks, origin = load_tasks(config)
         loaded = time.perf_counter()
         training_set = build_training_set(tasks, config)
@@ -1310,7 +1311,7 @@ def main(argv=None, presets=None, started=None):
         return 2
     print("config: " + ", ".join(f"{key}={value!r}" for key, value in config.items()))
     print(f"data: {origin}: " + ", ".join(f"{len(tasks[split])} {split}" for split in SPLITS)
-          + f" tasks, loaded and validated in {loaded - start:.2f}s")
+          + f" tasks, loaded and validated in {loaded - loading:.2f}s")
     print(f"training set: {len(training_set.inputs)} pairs from {len(training_set.task_ids)} tasks x "
           f"{training_set.num_augmentations} augmentations = {len(training_set)} examples, "
           f"{training_set.num_embeddings} task embeddings, built in {built - loaded:.2f}s"
