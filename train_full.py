@@ -1066,6 +1066,18 @@ def load_checkpoint(path, config, task_ids):
     return checkpoint
 
 
+def restore_checkpoint(checkpoint, model, optimizers, scaler):
+    """Put a loaded checkpoint's weights, optimizer, scaler and RNG states back; return its loop state."""
+    model.load_state_dict(checkpoint["model"])
+    optimizers[0].load_state_dict(checkpoint["dense_optimizer"])
+    optimizers[1].load_state_dict(checkpoint["sparse_optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    return checkpoint["state"]
+
+
 # -----------------------------------------------------------------------------
 # The run: a time budget for the whole job, training until only the time the final evaluation and test
 # prediction need is left, periodic evaluation, checkpoints, logs.
@@ -1145,15 +1157,8 @@ def train(config, tasks, training_set, output_dir, clock):
     state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "best_score": None,
              "last_eval_epoch": 0, "last_eval_time": 0.0}
     if config["resume"] and os.path.exists(last_path):
-        checkpoint = load_checkpoint(last_path, config, training_set.task_ids)
-        model.load_state_dict(checkpoint["model"])
-        optimizers[0].load_state_dict(checkpoint["dense_optimizer"])
-        optimizers[1].load_state_dict(checkpoint["sparse_optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        state.update(checkpoint["state"])
+        state.update(restore_checkpoint(load_checkpoint(last_path, config, training_set.task_ids),
+                                        model, optimizers, scaler))
         clock.used_before = state["elapsed"]
         print(f"resumed from {last_path}: step {state['step']}, epoch {state['epoch']}, "
               f"{state['elapsed']:.0f}s of the budget used")
@@ -1271,8 +1276,10 @@ def train(config, tasks, training_set, output_dir, clock):
           f"({'time budget' if out_of_time else 'all epochs done'}), {clock.used():.0f}s used")
 
     save_last()
-    if evaluation:
+    if evaluation and clock.used() + final_seconds() <= clock.budget:
         evaluate("final eval")
+    elif evaluation:
+        print("final eval: skipped, the time left is kept for the test prediction")
     if state["best_score"] is not None:
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
     submission, num_fallback = make_submission(test_tasks, predict_tasks(test_tasks, training_set, predictor, config))
