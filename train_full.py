@@ -607,14 +607,43 @@ def build_training_set(tasks, config):
 # -----------------------------------------------------------------------------
 # Batches. An epoch is one pass over every training pair in a shuffled order, each pair under one of its
 # task's augmentations; both are drawn from (seed, epoch) alone, so a resumed run replays the same batches.
-# A batch is cut to the largest grid in it: PAD carries no loss and is masked out of attention, so the
-# cut changes the speed, not the result.
+# Most ARC grids are far smaller than 30x30, so pairs of similar size are grouped and each batch is cut to
+# its largest grid: PAD carries no loss and is masked out of attention, so the cut changes the speed,
+# not the result. A batch holds about batch_size x (the mean canvas) cells, so steps cost about the same.
 
-def epoch_plan(training_set, seed, epoch):
-    """(pair order, augmentation index per pair) for one epoch."""
-    rng = np.random.default_rng([seed, epoch, 1])
+def pair_canvas_sides(training_set, canvas_size):
+    """(heights, widths) of each pair's own canvas, unaugmented: both grids and their end markers."""
+    heights = [max(i.shape[0], o.shape[0]) + 1 for i, o in zip(training_set.inputs, training_set.outputs)]
+    widths = [max(i.shape[1], o.shape[1]) + 1 for i, o in zip(training_set.inputs, training_set.outputs)]
+    return np.minimum(heights, canvas_size), np.minimum(widths, canvas_size)
+
+
+def epoch_batches(training_set, config, epoch):
+    """The epoch's batches as [(pair indices, augmentation indices)], in a shuffled order."""
+    rng = np.random.default_rng([config["seed"], epoch, 1])
     order = rng.permutation(len(training_set.inputs))
-    return order, rng.integers(0, training_set.num_augmentations, size=len(order))
+    augmentation = rng.integers(0, training_set.num_augmentations, size=len(order))
+    heights, widths = pair_canvas_sides(training_set, config["canvas_size"])
+    cells_per_batch = config["batch_size"] * float(np.mean(heights * widths))
+    dihedral = training_set.dihedral[training_set.pair_task[order], augmentation]
+    transposed = (dihedral >= 4) != (dihedral % 2 == 1)  # a transpose and an odd rotation each swap the sides
+    height = np.where(transposed, widths[order], heights[order])
+    width = np.where(transposed, heights[order], widths[order])
+    batches = []
+    chunk = 64 * config["batch_size"]  # sorting within chunks keeps batches from being the same every epoch
+    for start in range(0, len(order), chunk):
+        positions = np.arange(start, min(start + chunk, len(order)))
+        positions = positions[np.lexsort((width[positions], height[positions]))]
+        batch, batch_height, batch_width = [], 0, 0
+        for position in positions:
+            grown_height, grown_width = max(batch_height, height[position]), max(batch_width, width[position])
+            if batch and (len(batch) + 1) * grown_height * grown_width > cells_per_batch:
+                batches.append(batch)
+                batch, grown_height, grown_width = [], height[position], width[position]
+            batch.append(position)
+            batch_height, batch_width = grown_height, grown_width
+        batches.append(batch)
+    return [(order[batches[i]], augmentation[batches[i]]) for i in rng.permutation(len(batches))]
 
 
 def make_batch(training_set, pairs, augmentation_indices, canvas_size):
@@ -1216,7 +1245,7 @@ def train(config, tasks, training_set, output_dir, clock):
                        f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                        + (" | new best" if improved else ""))
 
-    steps_per_epoch = math.ceil(len(training_set.inputs) / config["batch_size"])
+    steps_per_epoch = len(epoch_batches(training_set, config, 0))  # varies a little from epoch to epoch
     total_steps = config["epochs"] * steps_per_epoch
     progress = Progress(clock, interactive=sys.stderr.isatty() or "ipykernel" in sys.modules)
     print(f"training: {steps_per_epoch} steps per epoch of {len(training_set.inputs)} pairs; budget "
@@ -1225,14 +1254,13 @@ def train(config, tasks, training_set, output_dir, clock):
     last_save = clock.used()
     out_of_time = False
     while state["epoch"] < config["epochs"] and not out_of_time:
-        order, augmentation_indices = epoch_plan(training_set, config["seed"], state["epoch"])
-        while state["batch"] < steps_per_epoch:
+        batches = epoch_batches(training_set, config, state["epoch"])
+        while state["batch"] < len(batches):
             if clock.used() + final_seconds() + 2 * timing["step"] > clock.budget:
                 out_of_time = True
                 break
             step_start = time.perf_counter()
-            chosen = slice(state["batch"] * config["batch_size"], (state["batch"] + 1) * config["batch_size"])
-            batch = make_batch(training_set, order[chosen], augmentation_indices[chosen], config["canvas_size"])
+            batch = make_batch(training_set, *batches[state["batch"]], config["canvas_size"])
             budget_used = clock.used() / max(clock.budget - final_seconds(), 1e-9)
             lr_factor = learning_rate_factor(state["step"], max(state["step"] / total_steps, budget_used), config)
             loss, accuracy = train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config)
@@ -1245,7 +1273,7 @@ def train(config, tasks, training_set, output_dir, clock):
             if state["step"] % config["log_every_n_steps"] == 0:
                 seconds = time.perf_counter() - interval["start"]
                 record = {"kind": "train", "step": state["step"],
-                          "epoch": round(state["epoch"] + state["batch"] / steps_per_epoch, 3),
+                          "epoch": round(state["epoch"] + state["batch"] / len(batches), 3),
                           "elapsed": round(clock.used(), 2),
                           "loss": round(float(interval["loss"]) / interval["steps"], 5),  # the one sync per interval
                           "accuracy": round(float(interval["accuracy"]) / interval["steps"], 5),

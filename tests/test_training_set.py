@@ -116,3 +116,22 @@ def test_no_embedded_evaluation_answer_is_a_training_example(source):
                for i, o in zip(t.test_inputs, t.test_outputs)}
     pairs = {(tf.grid_key(i), tf.grid_key(o)) for i, o in zip(training_set.inputs, training_set.outputs)}
     assert len(answers) > 100 and not answers & pairs
+
+
+def test_an_epoch_draws_every_pair_once_in_batches_of_similar_size(tmp_path):
+    tasks, _ = tf.load_tasks({**CONFIG, "num_augmentations": 8}, local_folder=NOWHERE, kaggle_root=NOWHERE)
+    config = {**CONFIG, "num_augmentations": 8, "batch_size": 32}
+    training_set = tf.build_training_set(tasks, config)
+    batches = tf.epoch_batches(training_set, config, epoch=3)
+    pairs = np.concatenate([b[0] for b in batches])
+    assert sorted(pairs.tolist()) == list(range(len(training_set.inputs)))
+    again = tf.epoch_batches(training_set, config, epoch=3)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
+    assert not np.array_equal(tf.epoch_batches(training_set, config, epoch=4)[0][0], batches[0][0])
+    useful = padded = 0
+    for chosen, augmentation_indices in batches:
+        inputs, targets, _ = tf.make_batch(training_set, chosen, augmentation_indices, 30)
+        padded += inputs.size
+        useful += sum(max(training_set.inputs[p].size, training_set.outputs[p].size) for p in chosen)
+    assert useful / padded > 0.6  # a random batch cut to its largest grid keeps about 0.25
+    assert abs(len(pairs) / len(batches) - 32) < 12
