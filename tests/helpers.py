@@ -49,7 +49,7 @@ def small_dataset():
 # Settings for a model small enough that a whole run takes a second or two on a CPU.
 TINY = ["--embed_dim=16", "--num_layers=1", "--num_heads=2", "--batch_size=8", "--num_augmentations=2",
         "--vote_augmentations=2", "--warmup_steps=5", "--epochs=3", "--target_runtime_hours=0.05",
-        "--eval_every_n_epochs=1", "--eval_every_n_minutes=0", "--log_every_n_steps=2"]
+        "--eval_every_n_epochs=1", "--eval_every_n_minutes=0", "--log_every_n_steps=2", "--compile=False"]
 
 
 def synthetic_family(num_train=200, num_test=2, seed=0):

@@ -11,7 +11,7 @@ from helpers import synthetic_family
 SETTINGS = ["--embed_dim=64", "--num_layers=2", "--num_heads=4", "--canvas_size=8", "--batch_size=32",
             "--num_augmentations=2", "--vote_augmentations=2", "--learning_rate=3e-3", "--task_embedding_lr=3e-2",
             "--weight_decay=0.0", "--warmup_steps=20", "--epochs=30", "--target_runtime_hours=0.1",
-            "--eval_every_n_epochs=0", "--eval_every_n_minutes=0", "--log_every_n_steps=100"]
+            "--eval_every_n_epochs=0", "--eval_every_n_minutes=0", "--log_every_n_steps=100", "--compile=False"]
 
 
 def test_a_tiny_model_solves_held_out_inputs_of_a_synthetic_task_family(tmp_path):

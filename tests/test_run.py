@@ -52,7 +52,7 @@ def test_the_quick_preset_on_a_small_folder_writes_every_output(tmp_path):
 RESUME_SETTINGS = ["--embed_dim=32", "--num_layers=1", "--num_heads=2", "--canvas_size=8", "--batch_size=32",
                    "--num_augmentations=2", "--vote_augmentations=2", "--warmup_steps=50", "--epochs=40",
                    "--target_runtime_hours=1.0", "--eval_every_n_epochs=10", "--eval_every_n_minutes=0",
-                   "--save_every_n_minutes=0.003", "--log_every_n_steps=25"]
+                   "--save_every_n_minutes=0.003", "--log_every_n_steps=25", "--compile=False"]
 
 
 def launch(data, out, ck, *extra):
@@ -134,3 +134,11 @@ def test_resuming_from_an_unreadable_checkpoint_names_the_file(tmp_path, capsys)
                     f"--checkpoint_dir={tmp_path / 'ck'}", "--resume=True"], presets={}) == 2
     assert "last.pt: cannot be read as a checkpoint" in capsys.readouterr().err
     assert (tmp_path / "ck" / "last.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_a_resumed_run_keeps_the_precision_it_began_with(tmp_path, capsys):
+    data = write_kaggle_folder(str(tmp_path / "data"), small_dataset())
+    args = [*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}", f"--checkpoint_dir={tmp_path / 'ck'}"]
+    assert tf.main(args + ["--dtype=bfloat16"], presets={}) == 0
+    assert tf.main(args + ["--resume=True", "--epochs=4"], presets={}) == 0
+    assert "bfloat16, as the run began" in capsys.readouterr().out
