@@ -1,12 +1,13 @@
 """Speed benchmark: the seed's training step, a fixed-canvas batched step, and train_full.py's step, on
 the same machine, model width and depth, in one run.
 
-    python bench.py [--repeats=5] [--dtype=auto] [--embed_dim=256 --num_layers=6 ...]
+    python bench.py [--repeats=3] [--batches=8] [--dtype=auto] [--embed_dim=256 --num_layers=6 ...]
 
 Prints, for each step: samples/s, useful cells/s (cells of real grids, not padding), achieved GFLOP/s on
 useful work and that as a fraction of the matrix-multiply peak measured here for the same dtype; then the
 ratios. Also times the evaluation of the 120 ARC-AGI-2 evaluation tasks at the quick preset's settings and
-prints peak memory. Every figure is the median of --repeats timed repetitions after a warm-up.
+prints peak memory. Steps 2 and 3 run the same --batches batches of real pairs (spread over the sizes of
+an epoch); every figure is the median of --repeats timed repetitions after a warm-up.
 """
 import math
 import resource
@@ -95,8 +96,10 @@ def report(name, seconds, samples, cells, flops, peak):
 
 
 def main(argv):
-    config = tf.parse_config([a for a in argv if not a.startswith("--repeats=")])
-    repeats = next((int(a.split("=")[1]) for a in argv if a.startswith("--repeats=")), 5)
+    own = ("--repeats=", "--batches=")
+    config = tf.parse_config([a for a in argv if not a.startswith(own)])
+    repeats = next((int(a.split("=")[1]) for a in argv if a.startswith("--repeats=")), 3)
+    num_batches = next((int(a.split("=")[1]) for a in argv if a.startswith("--batches=")), 8)
     torch.manual_seed(0)
     device = tf.choose_device(config)
     tasks, _ = tf.load_tasks(config)
@@ -106,7 +109,8 @@ def main(argv):
     dim, layers = config["embed_dim"], config["num_layers"]
     pairs = list(zip(training_set.inputs, training_set.outputs))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {precision}; "
-          f"embed_dim {dim}, num_layers {layers}, batch_size {config['batch_size']}, median of {repeats}")
+          f"embed_dim {dim}, num_layers {layers}, num_heads {config['num_heads']}, batch_size {config['batch_size']}, "
+          f"compile {config['compile']}, median of {repeats}")
     peak32 = matmul_peak(torch.float32)
     peak = peak32 if amp_dtype is None else matmul_peak(amp_dtype)
     print(f"matrix-multiply peak: {peak32:.0f} GFLOP/s fp32" + ("" if amp_dtype is None else
@@ -135,24 +139,30 @@ def main(argv):
 
     # 2 and 3 share the model, optimizers and real batches of this project.
     model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
+    if config["compile"]:
+        for block in model.blocks:
+            block.compile(dynamic=True)
     optimizers = tf.make_optimizers(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     parameters = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
     prefix = config["num_prefix_tokens"]
-    batches = tf.epoch_batches(training_set, config, epoch=0)[:repeats + 1]
+    # A fixed set of batches spread evenly over the epoch's range of sizes, so the mix of small and large
+    # grids (and so the pairs per batch) is the epoch's. A repetition is one pass over the set.
+    epoch = sorted(tf.epoch_batches(training_set, config, epoch=0), key=lambda b: len(b[0]))
+    batches = epoch[len(epoch) // (2 * num_batches)::len(epoch) // num_batches][:num_batches]
 
     def useful_work(batch_pairs):
         cells = [useful_cells(training_set.inputs[p], training_set.outputs[p]) for p in batch_pairs]
         return sum(cells), sum(training_flops(parameters, c + prefix, layers, dim) for c in cells)
 
-    def step_runner(make):
+    def pass_runner(make):
         made = [make(b) for b in batches]
-        position = iter(made * 2)
 
-        def step():
-            loss, _ = tf.train_step(model, optimizers, scaler, next(position), 1.0, device, amp_dtype, config)
+        def one_pass():
+            for batch in made:
+                loss, _ = tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
             loss.item()
-        return step
+        return one_pass
 
     # 2. Fixed canvas: the same pairs, every one on the full 30x30 canvas.
     def full_canvas(batch):
@@ -163,18 +173,19 @@ def main(argv):
         for array, source in zip(padded, made[:2]):
             array[:, :source.shape[1], :source.shape[2]] = source
         return padded[0], padded[1], made[2]
-    fixed_seconds = median_seconds(step_runner(full_canvas), repeats)
-    samples = np.mean([len(b[0]) for b in batches])
-    cells, flops = map(np.mean, zip(*[useful_work(b[0]) for b in batches]))
+    fixed_seconds = median_seconds(pass_runner(full_canvas), repeats)
+    samples = sum(len(b[0]) for b in batches)
+    cells, flops = map(sum, zip(*[useful_work(b[0]) for b in batches]))
     fixed_rate = report("2. fixed 30x30 canvas, batched", fixed_seconds, samples, cells, flops, peak)
 
     # 3. This project's step: batches grouped by size and cut to their largest grid.
     def project_batch(batch):
         return tf.make_batch(training_set, batch[0], batch[1], config["canvas_size"])
-    project_seconds = median_seconds(step_runner(project_batch), repeats)
+    project_seconds = median_seconds(pass_runner(project_batch), repeats)
     project_rate = report("3. train_full.py step", project_seconds, samples, cells, flops, peak)
-    print(f"ratios: 3/1 = {project_rate / seed_rate:.1f}x, 3/2 = {project_rate / fixed_rate:.1f}x "
-          f"(samples/s; step 3 averages {samples:.1f} pairs per batch)")
+    print(f"ratios: 3/1 = {project_rate / seed_rate:.1f}x, 3/2 = {project_rate / fixed_rate:.1f}x (samples/s; "
+          f"{len(batches)} batches of {samples / len(batches):.1f} pairs on average, the epoch's average is "
+          f"{len(training_set.inputs) / len(epoch):.1f})")
 
     # Evaluation at the quick preset's settings: 120 ARC-AGI-2 evaluation tasks.
     quick = tf.parse_config(["--preset=quick"], presets=tf.load_presets("."))

@@ -632,7 +632,7 @@ def epoch_batches(training_set, config, epoch):
     height = np.where(transposed, widths[order], heights[order])
     width = np.where(transposed, heights[order], widths[order])
     batches = []
-    chunk = 64 * config["batch_size"]  # sorting within chunks keeps batches from being the same every epoch
+    chunk = 256 * config["batch_size"]  # sorting within chunks keeps batches from being the same every epoch
     for start in range(0, len(order), chunk):
         positions = np.arange(start, min(start + chunk, len(order)))
         positions = positions[np.lexsort((width[positions], height[positions]))]

@@ -123,3 +123,26 @@ def test_progress_is_a_bar_where_a_person_watches_and_plain_lines_elsewhere(caps
     bar.close()
     captured = capsys.readouterr()
     assert "step=8" in captured.err and captured.out == ""
+
+
+def test_compiled_blocks_train_and_predict_like_eager_ones():
+    losses = []
+    for compiled in (False, True):
+        model, grids = model_and_batch()
+        if compiled:
+            for block in model.blocks:
+                block.compile(dynamic=True)
+        optimizers = tf.make_optimizers(model, CONFIG)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        run = []
+        for shape in [(8, 6), (5, 8), (8, 8)]:  # a new canvas size each step, as bucketed batches have
+            fitting = [g for g in grids if g.shape[0] < shape[0] and g.shape[1] < shape[1]]
+            canvases = tf.encode_grids(fitting, shape).astype(np.int64)
+            batch = (canvases, canvases, np.arange(len(fitting)))
+            run.append(float(tf.train_step(model, optimizers, scaler, batch, 1.0, torch.device("cpu"), None,
+                                           CONFIG)[0]))
+        tokens, _ = tf.model_predictor(model, torch.device("cpu"), None)(
+            tf.encode_grids(grids, (12, 12)), np.arange(3))
+        losses.append((run, tokens))
+    assert np.allclose(losses[0][0], losses[1][0], rtol=1e-4)
+    assert np.array_equal(losses[0][1], losses[1][1])
