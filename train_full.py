@@ -14,9 +14,11 @@ import importlib.util
 import json
 import math
 import os
-import random
+import signal
 import sys
+import threading
 import time
+import traceback
 import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -1117,6 +1119,51 @@ def load_checkpoint(path, config, task_ids):
     return checkpoint
 
 
+class RunLock:
+    """checkpoint_dir/run.lock holds the process id of the run using the folder, so a second run refuses
+    instead of overwriting its checkpoints. A lock whose process is gone (a killed run) is taken over."""
+    def __init__(self, folder):
+        self.path = os.path.join(folder, "run.lock")
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        while True:
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                holder = self.holder()
+                if holder is not None and holder != os.getpid() and process_alive(holder):
+                    raise CheckpointError(f"{self.path}: process {holder} is using this checkpoint folder; wait for "
+                                          "it to finish, stop it, or choose another --checkpoint_dir") from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(str(os.getpid()))
+        return self
+
+    def holder(self):
+        try:
+            with open(self.path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None  # half-written or unreadable: no live run can be holding it
+
+    def __exit__(self, *exception):
+        if self.holder() == os.getpid():
+            os.remove(self.path)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
+
+
 def restore_checkpoint(checkpoint, model, optimizers, scaler):
     """Put a loaded checkpoint's weights, optimizer, scaler and RNG states back; return its loop state."""
     model.load_state_dict(checkpoint["model"])
@@ -1162,6 +1209,29 @@ class Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+class StopSignals:
+    """While active, SIGINT (Ctrl-C, a notebook's stop button) and SIGTERM (Kaggle stopping a session) end
+    training at the next step boundary instead of in the middle of an update; a second SIGINT interrupts
+    at once. Signal handlers exist only in the main thread; elsewhere this does nothing."""
+    def __init__(self):
+        self.received, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def handle(self, number, frame):
+        if self.received == "SIGINT" and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(number).name
+
+    def __exit__(self, *exception):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 def append_metrics(path, record):
@@ -1258,7 +1328,10 @@ def train(config, tasks, training_set, output_dir, clock):
     def save_last():
         start = time.perf_counter()
         state["elapsed"] = clock.used()
-        save_checkpoint(last_path, model, optimizers, scaler, state, config, training_set.task_ids)
+        try:
+            save_checkpoint(last_path, model, optimizers, scaler, state, config, training_set.task_ids)
+        except OSError as error:  # a full disk: the previous last.pt is untouched, so training goes on
+            print(f"warning: {last_path} not updated at step {state['step']} ({error}); the previous one is intact")
         timing["save"] = time.perf_counter() - start
 
     def evaluate(kind):
@@ -1268,10 +1341,14 @@ def train(config, tasks, training_set, output_dir, clock):
         summary = report["summary"]
         improved = state["best_score"] is None or score_key(summary) > state["best_score"]
         if improved:
-            state["best_score"] = score_key(summary)
-            save_atomic({"model": model.state_dict(), "report": report, "config": dict(config),
-                         "task_ids": list(training_set.task_ids), "step": state["step"]}, best_path)
-            write_json_atomic(eval_path, report)
+            try:
+                save_atomic({"model": model.state_dict(), "report": report, "config": dict(config),
+                             "task_ids": list(training_set.task_ids), "step": state["step"]}, best_path)
+                write_json_atomic(eval_path, report)
+                state["best_score"] = score_key(summary)
+            except OSError as error:
+                improved = False
+                print(f"warning: {best_path} not updated at step {state['step']} ({error}); the previous one is intact")
         state["last_eval_epoch"], state["last_eval_time"] = state["epoch"], clock.used()
         append_metrics(metrics_path, {"kind": kind, "step": state["step"], "epoch": state["epoch"],
                                       "elapsed": round(clock.used(), 2), **summary, "best": improved})
@@ -1280,6 +1357,21 @@ def train(config, tasks, training_set, output_dir, clock):
                        f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                        + (" | new best" if improved else ""))
 
+    def log_interval(lr_factor, num_batches):
+        seconds = time.perf_counter() - interval["start"]
+        record = {"kind": "train", "step": state["step"],
+                  "epoch": round(state["epoch"] + state["batch"] / num_batches, 3),
+                  "elapsed": round(clock.used(), 2),
+                  "loss": round(float(interval["loss"]) / interval["steps"], 5),  # the one sync per interval
+                  "accuracy": round(float(interval["accuracy"]) / interval["steps"], 5),
+                  "learning_rate": float(f"{config['learning_rate'] * lr_factor:.4g}"),
+                  "samples_per_s": round(interval["samples"] / seconds, 1)}
+        append_metrics(metrics_path, record)
+        progress.update(clock, {"step": record["step"], "epoch": record["epoch"], "loss": record["loss"],
+                                "acc": record["accuracy"], "lr": f"{record['learning_rate']:.2e}",
+                                "samples/s": record["samples_per_s"]})
+        interval.update({"loss": 0.0, "accuracy": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter()})
+
     steps_per_epoch = len(epoch_batches(training_set, config, 0))  # varies a little from epoch to epoch
     total_steps = config["epochs"] * steps_per_epoch
     progress = Progress(clock, interactive=sys.stderr.isatty() or "ipykernel" in sys.modules)
@@ -1287,77 +1379,94 @@ def train(config, tasks, training_set, output_dir, clock):
           f"{clock.budget:.0f}s, of which about {final_seconds():.0f}s kept for the final predictions")
     interval = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter()}
     last_save = clock.used()
-    out_of_time = False
-    while state["epoch"] < config["epochs"] and not out_of_time:
-        batches = epoch_batches(training_set, config, state["epoch"])
-        while state["batch"] < len(batches):
-            if clock.used() + final_seconds() + 2 * timing["step"] > clock.budget:
-                out_of_time = True
-                break
-            step_start = time.perf_counter()
-            batch = make_batch(training_set, *batches[state["batch"]], config["canvas_size"])
-            budget_used = clock.used() / max(clock.budget - final_seconds(), 1e-9)
-            lr_factor = learning_rate_factor(state["step"], max(state["step"] / total_steps, budget_used), config)
-            loss, accuracy = train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config)
-            state["step"] += 1
-            state["batch"] += 1
-            interval["loss"] += loss
-            interval["accuracy"] += accuracy
-            interval["steps"] += 1
-            interval["samples"] += len(batch[0])
-            if state["step"] % config["log_every_n_steps"] == 0:
-                seconds = time.perf_counter() - interval["start"]
-                record = {"kind": "train", "step": state["step"],
-                          "epoch": round(state["epoch"] + state["batch"] / len(batches), 3),
-                          "elapsed": round(clock.used(), 2),
-                          "loss": round(float(interval["loss"]) / interval["steps"], 5),  # the one sync per interval
-                          "accuracy": round(float(interval["accuracy"]) / interval["steps"], 5),
-                          "learning_rate": float(f"{config['learning_rate'] * lr_factor:.4g}"),
-                          "samples_per_s": round(interval["samples"] / seconds, 1)}
-                append_metrics(metrics_path, record)
-                progress.update(clock, {"step": record["step"], "epoch": record["epoch"], "loss": record["loss"],
-                                        "acc": record["accuracy"], "lr": f"{record['learning_rate']:.2e}",
-                                        "samples/s": record["samples_per_s"]})
-                interval = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter()}
-            if clock.used() - last_save >= 60 * config["save_every_n_minutes"]:
-                save_last()
-                last_save = clock.used()
-            minutes_due = (config["eval_every_n_minutes"] > 0
-                           and clock.used() - state["last_eval_time"] >= 60 * config["eval_every_n_minutes"])
-            if evaluation and minutes_due and clock.used() + 2 * final_seconds() < clock.budget:
-                evaluate("eval")
-            timing["step"] = time.perf_counter() - step_start
-        if not out_of_time:
-            state["epoch"] += 1
-            state["batch"] = 0
-            epochs_due = (config["eval_every_n_epochs"] > 0
-                          and state["epoch"] - state["last_eval_epoch"] >= config["eval_every_n_epochs"])
-            if evaluation and epochs_due and clock.used() + 2 * final_seconds() < clock.budget:
-                evaluate("eval")
-    progress.close()
-    print(f"training stopped at step {state['step']}, epoch {state['epoch']} "
-          f"({'time budget' if out_of_time else 'all epochs done'}), {clock.used():.0f}s used")
 
-    save_last()
-    if evaluation and clock.used() + final_seconds() <= clock.budget:
-        evaluate("final eval")
-    elif evaluation:
-        print("final eval: skipped, the time left is kept for the test prediction")
-    if state["best_score"] is not None:
-        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
-    submission, num_fallback = make_submission(test_tasks, predict_tasks(test_tasks, training_set, predictor, config))
-    validate_submission(submission, test_tasks)
-    write_json_atomic(submission_path, submission)
-    print(f"submission: {len(submission)} tasks, {sum(map(len, submission.values()))} test inputs, "
-          f"{num_fallback} answered by fallback, from the {'best' if state['best_score'] else 'last'} weights, "
-          f"written to {submission_path} at {clock.used():.0f}s of {clock.budget:.0f}s")
+    def submit(weights):
+        """Predict the test tasks with the best or the current weights and write submission.json."""
+        if weights == "best":
+            model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
+        votes = predict_tasks(test_tasks, training_set, predictor, config)
+        submission, num_fallback = make_submission(test_tasks, votes)
+        validate_submission(submission, test_tasks)
+        write_json_atomic(submission_path, submission)
+        print(f"submission: {len(submission)} tasks, {sum(map(len, submission.values()))} test inputs, "
+              f"{num_fallback} answered by fallback, from the {weights} weights, written to {submission_path} "
+              f"at {clock.used():.0f}s of {clock.budget:.0f}s")
+
+    ended = "all epochs done"
+    with StopSignals() as stop:
+        try:
+            while state["epoch"] < config["epochs"] and ended == "all epochs done":
+                batches = epoch_batches(training_set, config, state["epoch"])
+                while state["batch"] < len(batches):
+                    if stop.received:
+                        ended = f"stopped by {stop.received}"
+                        break
+                    if clock.used() + final_seconds() + 2 * timing["step"] > clock.budget:
+                        ended = "time budget"
+                        break
+                    step_start = time.perf_counter()
+                    batch = make_batch(training_set, *batches[state["batch"]], config["canvas_size"])
+                    budget_used = clock.used() / max(clock.budget - final_seconds(), 1e-9)
+                    progress_fraction = max(state["step"] / total_steps, budget_used)
+                    lr_factor = learning_rate_factor(state["step"], progress_fraction, config)
+                    loss, accuracy = train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype,
+                                                config)
+                    state["step"] += 1
+                    state["batch"] += 1
+                    interval["loss"] += loss
+                    interval["accuracy"] += accuracy
+                    interval["steps"] += 1
+                    interval["samples"] += len(batch[0])
+                    if state["step"] % config["log_every_n_steps"] == 0:
+                        log_interval(lr_factor, len(batches))
+                    if clock.used() - last_save >= 60 * config["save_every_n_minutes"]:
+                        save_last()
+                        last_save = clock.used()
+                    minutes_due = (config["eval_every_n_minutes"] > 0 and clock.used() - state["last_eval_time"]
+                                   >= 60 * config["eval_every_n_minutes"])
+                    if evaluation and minutes_due and clock.used() + 2 * final_seconds() < clock.budget:
+                        evaluate("eval")
+                    timing["step"] = time.perf_counter() - step_start
+                if ended == "all epochs done":
+                    state["epoch"] += 1
+                    state["batch"] = 0
+                    epochs_due = (config["eval_every_n_epochs"] > 0
+                                  and state["epoch"] - state["last_eval_epoch"] >= config["eval_every_n_epochs"])
+                    if evaluation and epochs_due and clock.used() + 2 * final_seconds() < clock.budget:
+                        evaluate("eval")
+        except Exception:
+            # A bug or a device error: the weights may be half-updated, so last.pt keeps the last good state
+            # and the submission comes from the best checkpoint, or stays the fallback written at the start.
+            progress.close()
+            traceback.print_exc()
+            print(f"error: training failed at step {state['step']} (traceback above); {last_path} holds the "
+                  "last saved state")
+            if state["best_score"] is not None:
+                submit("best")
+            else:
+                print(f"submission: {submission_path} keeps the fallback answers (no evaluation had run)")
+            return 1
+        progress.close()
+        print(f"training stopped at step {state['step']}, epoch {state['epoch']} ({ended}), "
+              f"{clock.used():.0f}s used")
+        save_last()
+        if stop.received:
+            submit("best" if state["best_score"] is not None else "last")
+            print(f"stopped by {stop.received}: to continue, run the same command with --resume=True "
+                  f"(it restarts from {last_path} at step {state['step']})")
+            return 128 + int(getattr(signal, stop.received))
+        if evaluation and clock.used() + final_seconds() <= clock.budget:
+            evaluate("final eval")
+        elif evaluation:
+            print("final eval: skipped, the time left is kept for the test prediction")
+        submit("best" if state["best_score"] is not None else "last")
     if state["best_score"] is not None:
         best = torch.load(best_path, map_location="cpu", weights_only=True)
         summary = best["report"]["summary"]
         print(f"best evaluation (step {best['step']}): pass@2 {summary['task_score']:.4f} on "
               f"{summary['num_tasks']} tasks, written to {eval_path}")
     append_metrics(metrics_path, {"kind": "end", "step": state["step"], "elapsed": round(clock.used(), 2)})
-
+    return 0
 
 # -----------------------------------------------------------------------------
 
@@ -1389,11 +1498,11 @@ def main(argv=None, presets=None, started=None):
              if training_set.num_dropped else ""))
     clock = Clock(3600 * config["target_runtime_hours"], start)
     try:
-        train(config, tasks, training_set, resolve_output_dir(config), clock)
+        with RunLock(config["checkpoint_dir"]):
+            return train(config, tasks, training_set, resolve_output_dir(config), clock)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
