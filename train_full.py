@@ -1127,27 +1127,32 @@ class RunLock:
 
     def __enter__(self):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        while True:
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                holder = self.holder()
-                if holder is not None and holder != os.getpid() and process_alive(holder):
-                    raise CheckpointError(f"{self.path}: process {holder} is using this checkpoint folder; wait for "
-                                          "it to finish, stop it, or choose another --checkpoint_dir") from None
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path)
-        with os.fdopen(descriptor, "w") as f:
+        # Written aside, then linked into place: the lock never exists without its process id in it.
+        mine = f"{self.path}.{os.getpid()}"
+        with open(mine, "w") as f:
             f.write(str(os.getpid()))
-        return self
+        try:
+            while True:
+                try:
+                    os.link(mine, self.path)
+                    return self
+                except FileExistsError:
+                    holder = self.holder()
+                    if holder is not None and holder != os.getpid() and process_alive(holder):
+                        raise CheckpointError(f"{self.path}: process {holder} is using this checkpoint folder; "
+                                              "wait for it to finish, stop it, or choose another --checkpoint_dir"
+                                              ) from None
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(self.path)
+        finally:
+            os.remove(mine)
 
     def holder(self):
         try:
             with open(self.path) as f:
                 return int(f.read().strip())
         except (OSError, ValueError):
-            return None  # half-written or unreadable: no live run can be holding it
+            return None  # gone, or not written by this program
 
     def __exit__(self, *exception):
         if self.holder() == os.getpid():

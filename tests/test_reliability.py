@@ -1,0 +1,126 @@
+"""Faults a long run must survive: stops, failures, full disks, bad checkpoints, a second run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_full as tf
+from helpers import TINY, small_dataset, write_kaggle_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LONG = [a for a in TINY if not a.startswith(("--epochs", "--target_runtime_hours"))] + [
+    "--epochs=100000", "--target_runtime_hours=0.1", "--save_every_n_minutes=0.002"]
+
+
+def folders(tmp_path):
+    data = write_kaggle_folder(str(tmp_path / "data"), small_dataset())
+    return [f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}", f"--checkpoint_dir={tmp_path / 'ck'}"], data
+
+
+def wait_for_step(path, step, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and json.loads(path.read_text())["step"] >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach step {step}")
+
+
+@pytest.mark.parametrize("stop_signal, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_saves_submits_and_says_how_to_resume(tmp_path, stop_signal, code):
+    args, data = folders(tmp_path)
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_full.py"), *LONG, *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(tmp_path / "ck" / "last.json", 200)
+    process.send_signal(stop_signal)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert "Traceback" not in err
+    assert f"stopped by {stop_signal.name}: to continue, run the same command with --resume=True" in out
+    stopped_at = json.loads((tmp_path / "ck" / "last.json").read_text())["step"]
+    tf.validate_submission(json.load(open(tmp_path / "out" / "submission.json")), tf.load_kaggle_folder(data)["test"])
+    assert "submission: 2 tasks" in out
+    resumed = tf.main(LONG[:-3] + ["--epochs=100000", "--target_runtime_hours=0.003", "--resume=True", *args],
+                      presets={})
+    assert resumed == 0
+    assert json.loads((tmp_path / "ck" / "last.json").read_text())["step"] > stopped_at
+
+
+def test_a_failure_in_training_still_submits_from_the_best_checkpoint_and_exits_non_zero(tmp_path, monkeypatch,
+                                                                                        capsys):
+    args, data = folders(tmp_path)
+    real_step, calls = tf.train_step, []
+
+    def failing_step(*arguments):
+        calls.append(1)
+        if len(calls) == 25:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+        return real_step(*arguments)
+    monkeypatch.setattr(tf, "train_step", failing_step)
+    assert tf.main([*TINY, "--epochs=100", *args], presets={}) == 1
+    printed = capsys.readouterr()
+    assert "RuntimeError: CUDA error" in printed.err and "Traceback" in printed.err
+    assert "error: training failed at step " in printed.out
+    assert "from the best weights" in printed.out
+    tf.validate_submission(json.load(open(tmp_path / "out" / "submission.json")), tf.load_kaggle_folder(data)["test"])
+    assert not (tmp_path / "ck" / "run.lock").exists()
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_one_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    args, _ = folders(tmp_path)
+    real_save, saves = torch.save, []
+
+    def disk_fills_up(obj, path, *rest, **options):
+        saves.append(path)
+        if len(saves) > 2:
+            with open(path, "wb") as f:
+                f.write(b"half a checkpoi")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *rest, **options)
+    monkeypatch.setattr(tf.torch, "save", disk_fills_up)
+    assert tf.main([*TINY, "--epochs=30", "--save_every_n_minutes=0", *args], presets={}) == 0
+    assert "No space left on device" in capsys.readouterr().out
+    checkpoint = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)  # the last good one, whole
+    assert checkpoint["state"]["step"] >= 1
+    assert not [name for name in os.listdir(tmp_path / "ck") if ".tmp" in name]
+
+
+def test_a_second_run_on_the_same_checkpoint_folder_refuses(tmp_path, capsys):
+    args, _ = folders(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "ck").mkdir()
+        (tmp_path / "ck" / "run.lock").write_text(str(holder.pid))
+        assert tf.main([*TINY, *args], presets={}) == 2
+        assert f"process {holder.pid} is using this checkpoint folder" in capsys.readouterr().err
+        assert os.listdir(tmp_path / "ck") == ["run.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert tf.main([*TINY, *args], presets={}) == 0  # a dead holder's lock is taken over
+    assert not (tmp_path / "ck" / "run.lock").exists()
+
+
+def test_a_truncated_checkpoint_is_refused_by_name_and_kept(tmp_path, capsys):
+    args, _ = folders(tmp_path)
+    assert tf.main([*TINY, *args], presets={}) == 0
+    last = tmp_path / "ck" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    assert tf.main([*TINY, "--resume=True", *args], presets={}) == 2
+    assert f"{last}: cannot be read as a checkpoint" in capsys.readouterr().err
+    assert len(last.read_bytes()) == 1000
+
+
+def test_a_checkpoint_of_other_tasks_is_refused_by_name(tmp_path, capsys):
+    args, _ = folders(tmp_path)
+    assert tf.main([*TINY, *args], presets={}) == 0
+    other = small_dataset()
+    other["evaluation"]["evalC"] = other["evaluation"].pop("evalB")
+    write_kaggle_folder(str(tmp_path / "other"), other)
+    assert tf.main([*TINY, "--resume=True", *args, f"--data_dir={tmp_path / 'other'}"], presets={}) == 2
+    assert "last.pt: made for other tasks (5 tasks there, 5 here, 2 ids in only one)" in capsys.readouterr().err
