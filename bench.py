@@ -160,7 +160,7 @@ def main(argv):
 
         def one_pass():
             for batch in made:
-                loss, _ = tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
+                loss = tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)[0]
             loss.item()
         return one_pass
 

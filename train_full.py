@@ -58,6 +58,8 @@ CONFIG = {
     "warmup_steps": 200,         # linear warm-up, then cosine decay over the steps or the budget, whichever ends first
     "min_lr_ratio": 0.1,         # the decay ends at this fraction of the peak learning rates
     "grad_clip": 1.0,            # clip the transformer's gradient norm to this
+    "max_nonfinite_steps": 5,    # non-finite steps in a row (each skipped) before rolling back to last.pt at half
+                                 # the learning rate
     "epochs": 100000,            # passes over every training pair (each under a random augmentation); an upper
                                  # bound: the time budget normally ends the run first
     "target_runtime_hours": 7.0, # the whole run, start to last file written (0.05 is three minutes)
@@ -174,7 +176,8 @@ def parse_config(argv, defaults=CONFIG, presets=None):
         raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {config['dtype']!r}")
     if config["embed_dim"] % config["num_heads"]:
         raise ConfigError(f"embed_dim ({config['embed_dim']}) must divide by num_heads ({config['num_heads']})")
-    for key in ("batch_size", "num_layers", "num_prefix_tokens", "warmup_steps", "log_every_n_steps", "epochs"):
+    for key in ("batch_size", "num_layers", "num_prefix_tokens", "warmup_steps", "log_every_n_steps", "epochs",
+                "max_nonfinite_steps"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {config[key]}")
     if config["target_runtime_hours"] <= 0:
@@ -810,25 +813,40 @@ def masked_loss_and_accuracy(logits, targets):
     return loss, correct.sum() / counted.sum()
 
 
-def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config):
-    """One optimisation step on a batch of numpy arrays; returns (loss, accuracy) as tensors, unsynced."""
-    inputs, targets, embedding_ids = (torch.from_numpy(a).to(device, non_blocking=True) for a in batch)
+def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config, micro_batches=1):
+    """One optimisation step on a batch of numpy arrays, run as `micro_batches` slices whose gradients add
+    up to the whole batch's (for a batch that does not fit in memory at once). Returns (loss, accuracy,
+    finite): loss and accuracy as tensors; finite is False when the loss or the gradients were not finite,
+    and then no update was made. Reading `finite` is this step's one host-device sync."""
     dense, sparse = optimizers
     dense.param_groups[0]["lr"] = dense.param_groups[1]["lr"] = config["learning_rate"] * lr_factor
     sparse.param_groups[0]["lr"] = config["task_embedding_lr"] * lr_factor
-    with autocast(device, amp_dtype):
-        logits = model(inputs, embedding_ids)
-    loss, accuracy = masked_loss_and_accuracy(logits, targets)
-    scaler.scale(loss).backward()
+    counted = batch[1] != PAD
+    total_loss = total_accuracy = 0.0
+    for part in np.array_split(np.arange(len(batch[0])), micro_batches):
+        if len(part) == 0:
+            continue
+        inputs, targets, embedding_ids = (torch.from_numpy(a[part]).to(device, non_blocking=True) for a in batch)
+        with autocast(device, amp_dtype):
+            logits = model(inputs, embedding_ids)
+        loss, accuracy = masked_loss_and_accuracy(logits, targets)
+        weight = counted[part].sum() / counted.sum()  # each slice's share of the batch's counted cells
+        scaler.scale(loss * weight).backward()
+        total_loss = total_loss + loss.detach() * weight
+        total_accuracy = total_accuracy + accuracy.detach() * weight
     scaler.unscale_(dense)
     scaler.unscale_(sparse)
-    torch.nn.utils.clip_grad_norm_([p for g in dense.param_groups for p in g["params"]], config["grad_clip"])
-    scaler.step(dense)
-    scaler.step(sparse)
+    norm = torch.nn.utils.clip_grad_norm_([p for g in dense.param_groups for p in g["params"]], config["grad_clip"])
+    # With fp16 the scaler itself skips steps whose gradients overflowed and lowers its scale: that is
+    # routine, not a fault. Otherwise a non-finite gradient norm means the update would spoil the weights.
+    finite = bool(torch.isfinite(total_loss) & (torch.isfinite(norm) | scaler.is_enabled()))
+    if finite or scaler.is_enabled():
+        scaler.step(dense)
+        scaler.step(sparse)
     scaler.update()
     dense.zero_grad(set_to_none=True)
     sparse.zero_grad(set_to_none=True)
-    return loss.detach(), accuracy.detach()
+    return total_loss, total_accuracy, finite
 
 
 def training_step_seconds(config, training_set, device, amp_dtype):
@@ -1294,7 +1312,7 @@ def train(config, tasks, training_set, output_dir, clock):
     submission_path = os.path.join(output_dir, "submission.json")
     eval_path = os.path.join(output_dir, "eval_predictions.json")
     state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "best_score": None,
-             "last_eval_epoch": 0, "last_eval_time": 0.0,
+             "last_eval_epoch": 0, "last_eval_time": 0.0, "lr_scale": 1.0, "micro_batches": 1, "nonfinite_steps": 0,
              "dtype": next(name for name, dtype in PRECISIONS.items() if dtype == amp_dtype)}
     if checkpoint:
         state.update(restore_checkpoint(checkpoint, model, optimizers, scaler))
@@ -1338,6 +1356,19 @@ def train(config, tasks, training_set, output_dir, clock):
         except OSError as error:  # a full disk: the previous last.pt is untouched, so training goes on
             print(f"warning: {last_path} not updated at step {state['step']} ({error}); the previous one is intact")
         timing["save"] = time.perf_counter() - start
+
+    def roll_back():
+        """Back to last.pt's weights and place in the data (or on from here without one), at half the rate."""
+        state["lr_scale"] *= 0.5
+        if os.path.exists(last_path):
+            restored = restore_checkpoint(torch.load(last_path, map_location="cpu", weights_only=True),
+                                          model, optimizers, scaler)
+            state.update({key: restored[key] for key in ("step", "epoch", "batch")})
+        progress.write(f"{config['max_nonfinite_steps']} non-finite steps in a row: rolled back to step "
+                       f"{state['step']} ({last_path if os.path.exists(last_path) else 'no checkpoint yet'}) "
+                       f"with the learning rate scaled by {state['lr_scale']:g}")
+        append_metrics(metrics_path, {"kind": "rollback", "step": state["step"], "elapsed": round(clock.used(), 2),
+                                      "lr_scale": state["lr_scale"], "nonfinite_steps": state["nonfinite_steps"]})
 
     def evaluate(kind):
         start = time.perf_counter()
@@ -1400,8 +1431,10 @@ def train(config, tasks, training_set, output_dir, clock):
     ended = "all epochs done"
     with StopSignals() as stop:
         try:
+            nonfinite_in_a_row = 0
             while state["epoch"] < config["epochs"] and ended == "all epochs done":
                 batches = epoch_batches(training_set, config, state["epoch"])
+                rolled_back = False
                 while state["batch"] < len(batches):
                     if stop.received:
                         ended = f"stopped by {stop.received}"
@@ -1414,8 +1447,33 @@ def train(config, tasks, training_set, output_dir, clock):
                     budget_used = clock.used() / max(clock.budget - final_seconds(), 1e-9)
                     progress_fraction = max(state["step"] / total_steps, budget_used)
                     lr_factor = learning_rate_factor(state["step"], progress_fraction, config)
-                    loss, accuracy = train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype,
-                                                config)
+                    try:
+                        loss, accuracy, finite = train_step(model, optimizers, scaler, batch,
+                                                            lr_factor * state["lr_scale"], device, amp_dtype, config,
+                                                            state["micro_batches"])
+                    except torch.OutOfMemoryError:
+                        if state["micro_batches"] >= len(batch[0]):
+                            raise
+                        for optimizer in optimizers:
+                            optimizer.zero_grad(set_to_none=True)
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        state["micro_batches"] *= 2
+                        progress.write(f"out of memory at step {state['step']}: each batch now runs as "
+                                       f"{state['micro_batches']} micro-batches with gradient accumulation")
+                        continue
+                    if not finite:
+                        state["nonfinite_steps"] += 1
+                        nonfinite_in_a_row += 1
+                        progress.write(f"step {state['step']}: loss or gradients not finite, update skipped "
+                                       f"({state['nonfinite_steps']} so far)")
+                        if nonfinite_in_a_row >= config["max_nonfinite_steps"]:
+                            roll_back()
+                            nonfinite_in_a_row, rolled_back = 0, True
+                            break
+                        state["batch"] += 1
+                        continue
+                    nonfinite_in_a_row = 0
                     state["step"] += 1
                     state["batch"] += 1
                     interval["loss"] += loss
@@ -1432,7 +1490,7 @@ def train(config, tasks, training_set, output_dir, clock):
                     if evaluation and minutes_due and clock.used() + 2 * final_seconds() < clock.budget:
                         evaluate("eval")
                     timing["step"] = time.perf_counter() - step_start
-                if ended == "all epochs done":
+                if ended == "all epochs done" and not rolled_back:
                     state["epoch"] += 1
                     state["batch"] = 0
                     epochs_due = (config["eval_every_n_epochs"] > 0

@@ -107,9 +107,9 @@ def test_fp16_with_a_gradient_scaler_updates_the_sparse_task_embeddings():
     optimizers = tf.make_optimizers(model, CONFIG)
     scaler = torch.amp.GradScaler("cpu", enabled=True)
     canvases = tf.encode_grids(grids, (8, 6)).astype(np.int64)
-    loss, _ = tf.train_step(model, optimizers, scaler, (canvases, canvases, np.array([0, 1, 2])), 1.0,
-                            torch.device("cpu"), torch.float16, CONFIG)
-    assert torch.isfinite(loss) and scaler.get_scale() > 0
+    loss, _, finite = tf.train_step(model, optimizers, scaler, (canvases, canvases, np.array([0, 1, 2])), 1.0,
+                                    torch.device("cpu"), torch.float16, CONFIG)
+    assert finite and torch.isfinite(loss) and scaler.get_scale() > 0
     assert model.task_embedding.weight[:3].abs().sum() > 0
 
 

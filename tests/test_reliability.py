@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,3 +125,58 @@ def test_a_checkpoint_of_other_tasks_is_refused_by_name(tmp_path, capsys):
     write_kaggle_folder(str(tmp_path / "other"), other)
     assert tf.main([*TINY, "--resume=True", *args, f"--data_dir={tmp_path / 'other'}"], presets={}) == 2
     assert "last.pt: made for other tasks (5 tasks there, 5 here, 2 ids in only one)" in capsys.readouterr().err
+
+
+def test_micro_batches_give_the_same_update_as_the_whole_batch():
+    from test_model import CONFIG, model_and_batch
+    weights = []
+    for micro_batches in (1, 3):
+        model, grids = model_and_batch()
+        optimizers = tf.make_optimizers(model, CONFIG)
+        canvases = tf.encode_grids(grids, (8, 6)).astype(np.int64)
+        loss, _, finite = tf.train_step(model, optimizers, torch.amp.GradScaler("cpu", enabled=False),
+                                        (canvases, canvases, np.array([0, 1, 2])), 1.0, torch.device("cpu"), None,
+                                        CONFIG, micro_batches)
+        weights.append((float(loss), model.head.weight.detach().clone()))
+    assert weights[0][0] == pytest.approx(weights[1][0], rel=1e-5)
+    assert torch.allclose(weights[0][1], weights[1][1], atol=1e-6)
+
+
+def test_out_of_memory_splits_batches_into_micro_batches_and_goes_on(tmp_path, monkeypatch, capsys):
+    args, _ = folders(tmp_path)
+    real_forward = tf.ARCTransformer.forward
+
+    def small_memory(self, canvases, embedding_ids):
+        if self.training and len(canvases) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(self, canvases, embedding_ids)
+    monkeypatch.setattr(tf.ARCTransformer, "forward", small_memory)
+    assert tf.main([*TINY, "--dtype=float32", "--epochs=5", *args], presets={}) == 0
+    printed = capsys.readouterr().out
+    assert "out of memory at step 0: each batch now runs as 2 micro-batches" in printed
+    assert "runs as 4 micro-batches" in printed
+    checkpoint = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
+    assert checkpoint["state"]["micro_batches"] == 4 and checkpoint["state"]["epoch"] == 5
+
+
+def test_non_finite_steps_are_skipped_and_repeated_ones_roll_back_at_a_lower_rate(tmp_path, monkeypatch, capsys):
+    args, _ = folders(tmp_path)
+    real_loss, calls = tf.masked_loss_and_accuracy, []
+
+    def sometimes_nan(logits, targets):
+        loss, accuracy = real_loss(logits, targets)
+        calls.append(1)
+        if len(calls) in (12, 40, 41, 42):
+            return loss * float("nan"), accuracy
+        return loss, accuracy
+    monkeypatch.setattr(tf, "masked_loss_and_accuracy", sometimes_nan)
+    assert tf.main([*TINY, "--dtype=float32", "--epochs=30", "--save_every_n_minutes=0", "--max_nonfinite_steps=3",
+                    *args], presets={}) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("loss or gradients not finite, update skipped") == 4
+    assert "3 non-finite steps in a row: rolled back to step" in printed and "scaled by 0.5" in printed
+    metrics = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert [m["lr_scale"] for m in metrics if m["kind"] == "rollback"] == [0.5]
+    checkpoint = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
+    assert checkpoint["state"]["nonfinite_steps"] == 4 and checkpoint["state"]["lr_scale"] == 0.5
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
