@@ -1187,6 +1187,17 @@ def process_alive(pid):
     return True
 
 
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of writes that a killed process never finished (name.tmp<pid>)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        stem, _, pid = name.rpartition(".tmp")
+        if stem and pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+
+
 def restore_checkpoint(checkpoint, model, optimizers, scaler):
     """Put a loaded checkpoint's weights, optimizer, scaler and RNG states back; return its loop state."""
     model.load_state_dict(checkpoint["model"])
@@ -1308,6 +1319,8 @@ def train(config, tasks, training_set, output_dir, clock):
     print(f"model: {num_parameters:,} parameters + {model.task_embedding.weight.numel():,} in task embeddings | "
           f"device {device} | {precision}" + (" | compiled" if config["compile"] else ""))
 
+    for folder in (checkpoint_dir, output_dir):
+        remove_stale_temporaries(folder)
     metrics_path = os.path.join(output_dir, "metrics.jsonl")
     submission_path = os.path.join(output_dir, "submission.json")
     eval_path = os.path.join(output_dir, "eval_predictions.json")
