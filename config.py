@@ -19,6 +19,27 @@ PRESETS = {
         "log_every_n_steps": 20,
         "compile": False,  # for a model this small, compiling gains about 9% and costs 5-10 s of the 3 minutes
     },
+    # The development benchmark (python dev_bench.py): 178 small ARC-AGI-1 tasks, 15 minutes on 2 CPU cores,
+    # scored once at the end on their test outputs, so no checkpoint is chosen on them.
+    "dev": {
+        "canvas_size": 11,
+        "embed_dim": 128,
+        "num_layers": 4,
+        "num_heads": 2,
+        "batch_size": 64,
+        "num_augmentations": 8,
+        "vote_augmentations": 8,
+        "learning_rate": 1e-3,
+        "warmup_steps": 200,
+        "target_runtime_hours": 0.25,
+        "eval_every_n_epochs": 0,
+        "eval_every_n_minutes": 0.0,
+        "save_every_n_minutes": 5.0,
+        "log_every_n_steps": 200,
+        "compile": False,
+        "checkpoint_dir": "checkpoints/dev",
+        "output_dir": "outputs/dev",
+    },
     # Kaggle: 7 of the notebook's 12 hours on its GPU, as the original script asked.
     "kaggle": {
         "target_runtime_hours": 7.0,

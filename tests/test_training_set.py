@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,31 @@ def test_an_epoch_draws_every_pair_once_in_batches_of_similar_size(tmp_path):
         useful += sum(max(training_set.inputs[p].size, training_set.outputs[p].size) for p in chosen)
     assert useful / padded > 0.6  # a random batch cut to its largest grid keeps about 0.25
     assert abs(len(pairs) / len(batches) - 32) < 12
+
+
+def test_the_dev_benchmark_trains_on_no_benchmark_answer():
+    import dev_bench
+    tasks = dev_bench.benchmark_tasks()
+    assert len(tasks["evaluation"]) == 178 and all(dev_bench.small(t) for t in tasks["evaluation"])
+    benchmark_ids = {t.id for t in tasks["evaluation"]}
+    assert not benchmark_ids & {t.id for t in tasks["training"]}
+    tasks["evaluation"][5].test_outputs[0] = np.array(MARKER, dtype=np.uint8)  # the detector's marker
+    config = tf.parse_config(["--preset=dev", "--num_augmentations=2", "--vote_augmentations=2"],
+                             presets=tf.load_presets(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    training_set = tf.build_training_set(tasks, config)
+    assert not holds_marker(training_set)
+    answers = {(tf.grid_key(i), tf.grid_key(o)) for t in tasks["evaluation"]
+               for i, o in zip(t.test_inputs, t.test_outputs)}
+    assert not answers & {(tf.grid_key(i), tf.grid_key(o)) for i, o in zip(training_set.inputs, training_set.outputs)}
+
+
+def test_the_dev_benchmark_floors_solve_what_they_should():
+    import dev_bench
+    flip = tf.validate_task({"train": [{"input": [[1, 2], [3, 4]], "output": [[7, 1], [4, 3]]},
+                                       {"input": [[2, 2], [1, 3]], "output": [[7, 7], [3, 1]]}],
+                             "test": [{"input": [[3, 1], [1, 2]], "output": [[1, 3], [7, 1]]}]}, "f", "evaluation", "here")
+    attempts = dev_bench.dihedral_colour_floor(flip)[0]  # a left-right flip with 2 -> 7
+    assert any(np.array_equal(attempt, flip.test_outputs[0]) for attempt in attempts)
+    scores = dev_bench.floor_scores(dev_bench.benchmark_tasks()["evaluation"])
+    assert scores["identity"]["tasks_solved"] == 0
+    assert scores["rotation/reflection + colour map"]["tasks_solved"] == 11
