@@ -1431,8 +1431,9 @@ def train(config, tasks, training_set, output_dir, clock):
 
     def submit(weights):
         """Predict the test tasks with the best or the current weights and write submission.json."""
-        if weights == "best":
-            model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
+        best = torch.load(best_path, map_location=device, weights_only=True) if weights == "best" else None
+        if best is not None:
+            model.load_state_dict(best["model"])
         votes = predict_tasks(test_tasks, training_set, predictor, config)
         submission, num_fallback = make_submission(test_tasks, votes)
         validate_submission(submission, test_tasks)
@@ -1440,6 +1441,10 @@ def train(config, tasks, training_set, output_dir, clock):
         print(f"submission: {len(submission)} tasks, {sum(map(len, submission.values()))} test inputs, "
               f"{num_fallback} answered by fallback, from the {weights} weights, written to {submission_path} "
               f"at {clock.used():.0f}s of {clock.budget:.0f}s")
+        if best is not None:
+            summary = best["report"]["summary"]
+            print(f"best evaluation (step {best['step']}): pass@2 {summary['task_score']:.4f} on "
+                  f"{summary['num_tasks']} tasks, written to {eval_path}")
 
     ended = "all epochs done"
     with StopSignals() as stop:
@@ -1536,11 +1541,6 @@ def train(config, tasks, training_set, output_dir, clock):
         elif evaluation:
             print("final eval: skipped, the time left is kept for the test prediction")
         submit("best" if state["best_score"] is not None else "last")
-    if state["best_score"] is not None:
-        best = torch.load(best_path, map_location="cpu", weights_only=True)
-        summary = best["report"]["summary"]
-        print(f"best evaluation (step {best['step']}): pass@2 {summary['task_score']:.4f} on "
-              f"{summary['num_tasks']} tasks, written to {eval_path}")
     append_metrics(metrics_path, {"kind": "end", "step": state["step"], "elapsed": round(clock.used(), 2)})
     return 0
 
