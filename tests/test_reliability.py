@@ -46,8 +46,10 @@ def test_a_stop_signal_saves_submits_and_says_how_to_resume(tmp_path, stop_signa
     stopped_at = json.loads((tmp_path / "ck" / "last.json").read_text())["step"]
     tf.validate_submission(json.load(open(tmp_path / "out" / "submission.json")), tf.load_kaggle_folder(data)["test"])
     assert "submission: 2 tasks" in out
-    resumed = tf.main(LONG[:-3] + ["--epochs=100000", "--target_runtime_hours=0.003", "--resume=True", *args],
-                      presets={})
+    stopped_epoch = json.loads((tmp_path / "ck" / "last.json").read_text())["epoch"]
+    # Bounded by epochs, not time: the budget clock goes on from the stopped run, however long that took.
+    resumed = tf.main(LONG[:-3] + [f"--epochs={stopped_epoch + 3}", "--target_runtime_hours=0.1", "--resume=True",
+                                   *args], presets={})
     assert resumed == 0
     assert json.loads((tmp_path / "ck" / "last.json").read_text())["step"] > stopped_at
 
