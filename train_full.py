@@ -58,6 +58,10 @@ CONFIG = {
     "warmup_steps": 200,         # linear warm-up, then cosine decay over the steps or the budget, whichever ends first
     "min_lr_ratio": 0.1,         # the decay ends at this fraction of the peak learning rates
     "grad_clip": 1.0,            # clip the transformer's gradient norm to this
+    "hold_out_demos": False,     # test tasks with no answers (Kaggle's hidden run) and 3+ demonstrations keep their
+                                 # last one out of training, to score the checkpoints on as evaluation
+    "focus_fraction": 0.0,       # the last this fraction of the training budget trains on the evaluation and test
+                                 # tasks' demonstrations alone (test-time emphasis); 0 never
     "max_nonfinite_steps": 5,    # non-finite steps in a row (each skipped) before rolling back to last.pt at half
                                  # the learning rate
     "epochs": 100000,            # passes over every training pair (each under a random augmentation); an upper
@@ -67,6 +71,7 @@ CONFIG = {
     # evaluation, checkpoints, logs
     "eval_every_n_epochs": 50,   # evaluate every this many epochs (0: never by epochs)
     "eval_every_n_minutes": 30.0,  # and every this many minutes (0: never by time)
+    "early_stop_evaluations": 0, # end training when this many evaluations in a row did not beat the best (0: never)
     "log_every_n_steps": 50,     # one progress line / metrics.jsonl record per this many steps
     "checkpoint_dir": "checkpoints",  # last.pt (to resume) and best.pt (best evaluation) live here
     "save_every_n_minutes": 30.0,  # write last.pt this often; a crash loses at most this much training
@@ -574,11 +579,23 @@ def grid_key(grid):
     return grid.shape, grid.tobytes()
 
 
+def validation_tasks(tasks, config):
+    """With hold_out_demos, each test task that has no answers in the evaluation split (Kaggle's hidden
+    tasks) and 3 or more demonstrations, as a task whose last demonstration is its one test pair: scored
+    beside the evaluation tasks, never trained on."""
+    if not config["hold_out_demos"]:
+        return []
+    answered = {task.id for task in tasks["evaluation"] if task.test_outputs is not None}
+    return [Task(t.id, "validation", t.train[:-1], [t.train[-1][0]], [t.train[-1][1]])
+            for t in tasks["test"] if t.id not in answered and len(t.train) >= 3]
+
+
 def build_training_set(tasks, config):
     """The TrainingSet for {split: [Task]}. Never holds an evaluation or test output: those tasks give only
     their demonstrations, and a training-split pair whose input is the test input of an evaluation or test
     task (the same task copied between splits, as ARC-AGI-2 training copies ARC-AGI-1 evaluation) is dropped."""
     held_out_ids = {task.id for split in ("evaluation", "test") for task in tasks[split]}
+    validation = {(t.id, grid_key(t.test_inputs[0]), grid_key(t.test_outputs[0])) for t in validation_tasks(tasks, config)}
     held_out_inputs = {grid_key(grid) for split in ("evaluation", "test")
                        for task in tasks[split] for grid in task.test_inputs}
     task_index = {}
@@ -598,6 +615,8 @@ def build_training_set(tasks, config):
             for grid_in, grid_out in pairs:
                 if split == "training" and grid_key(grid_in) in held_out_inputs:
                     num_dropped += 1
+                    continue
+                if (task.id, grid_key(grid_in), grid_key(grid_out)) in validation:
                     continue
                 key = (index, grid_key(grid_in), grid_key(grid_out))
                 if key in seen_pairs:  # the placeholder test split repeats the evaluation demonstrations
@@ -625,13 +644,21 @@ def pair_canvas_sides(training_set, canvas_size):
     return np.minimum(heights, canvas_size), np.minimum(widths, canvas_size)
 
 
-def epoch_batches(training_set, config, epoch):
-    """The epoch's batches as [(pair indices, augmentation indices)], in a shuffled order."""
+def focus_pairs(training_set):
+    """Indices of the pairs of evaluation and test tasks (their demonstrations), or every pair if none."""
+    held_out = np.array([split != "training" for split in training_set.task_splits])[training_set.pair_task]
+    return np.flatnonzero(held_out) if held_out.any() else np.arange(len(training_set.inputs))
+
+
+def epoch_batches(training_set, config, epoch, focus=False):
+    """The epoch's batches as [(pair indices, augmentation indices)], in a shuffled order; with `focus`,
+    over the evaluation and test tasks' pairs alone."""
     rng = np.random.default_rng([config["seed"], epoch, 1])
-    order = rng.permutation(len(training_set.inputs))
+    pairs = focus_pairs(training_set) if focus else np.arange(len(training_set.inputs))
+    order = pairs[rng.permutation(len(pairs))]
     augmentation = rng.integers(0, training_set.num_augmentations, size=len(order))
     heights, widths = pair_canvas_sides(training_set, config["canvas_size"])
-    cells_per_batch = config["batch_size"] * float(np.mean(heights * widths))
+    cells_per_batch = config["batch_size"] * float(np.mean(heights[pairs] * widths[pairs]))
     dihedral = training_set.dihedral[training_set.pair_task[order], augmentation]
     transposed = (dihedral >= 4) != (dihedral % 2 == 1)  # a transpose and an odd rotation each swap the sides
     height = np.where(transposed, widths[order], heights[order])
@@ -1325,7 +1352,8 @@ def train(config, tasks, training_set, output_dir, clock):
     submission_path = os.path.join(output_dir, "submission.json")
     eval_path = os.path.join(output_dir, "eval_predictions.json")
     state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "best_score": None,
-             "last_eval_epoch": 0, "last_eval_time": 0.0, "lr_scale": 1.0, "micro_batches": 1, "nonfinite_steps": 0,
+             "last_eval_epoch": 0, "last_eval_time": 0.0, "lr_scale": 1.0, "micro_batches": 1, "nonfinite_steps": 0, "focus": False,
+             "evaluations_since_best": 0,
              "dtype": next(name for name, dtype in PRECISIONS.items() if dtype == amp_dtype)}
     if checkpoint:
         state.update(restore_checkpoint(checkpoint, model, optimizers, scaler))
@@ -1342,6 +1370,11 @@ def train(config, tasks, training_set, output_dir, clock):
 
     test_tasks = tasks["test"]
     evaluation = [task for task in tasks["evaluation"] if task.test_outputs is not None]
+    validation = validation_tasks(tasks, config)
+    if validation:
+        print(f"validation: the last demonstration of {len(validation)} test tasks without answers is held out "
+              "of training and scored with the evaluation")
+    evaluation += validation
     if not evaluation:
         print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
     if not os.path.exists(submission_path):  # a valid file on disk from the start, whatever happens next
@@ -1399,6 +1432,7 @@ def train(config, tasks, training_set, output_dir, clock):
                 improved = False
                 print(f"warning: {best_path} not updated at step {state['step']} ({error}); the previous one is intact")
         state["last_eval_epoch"], state["last_eval_time"] = state["epoch"], clock.used()
+        state["evaluations_since_best"] = 0 if improved else state["evaluations_since_best"] + 1
         append_metrics(metrics_path, {"kind": kind, "step": state["step"], "epoch": state["epoch"],
                                       "elapsed": round(clock.used(), 2), **summary, "best": improved})
         progress.write(f"{kind} at step {state['step']}: pass@2 {summary['task_score']:.4f} "
@@ -1451,11 +1485,21 @@ def train(config, tasks, training_set, output_dir, clock):
         try:
             nonfinite_in_a_row = 0
             while state["epoch"] < config["epochs"] and ended == "all epochs done":
-                batches = epoch_batches(training_set, config, state["epoch"])
+                if state["batch"] == 0:  # a resumed epoch keeps the pairs it began with
+                    budget_used = clock.used() / max(clock.budget - final_seconds(), 1e-9)
+                    focus = config["focus_fraction"] > 0 and budget_used >= 1 - config["focus_fraction"]
+                    if focus and not state["focus"]:
+                        progress.write(f"epoch {state['epoch']}: the last {config['focus_fraction']:.0%} of the "
+                                       "budget trains on the evaluation and test tasks' demonstrations alone")
+                    state["focus"] = focus
+                batches = epoch_batches(training_set, config, state["epoch"], state["focus"])
                 rolled_back = False
                 while state["batch"] < len(batches):
                     if stop.received:
                         ended = f"stopped by {stop.received}"
+                        break
+                    if 0 < config["early_stop_evaluations"] <= state["evaluations_since_best"]:
+                        ended = f"{state['evaluations_since_best']} evaluations in a row without a new best"
                         break
                     if clock.used() + final_seconds() + 2 * timing["step"] > clock.budget:
                         ended = "time budget"

@@ -165,3 +165,13 @@ def test_the_dev_benchmark_floors_solve_what_they_should():
     scores = dev_bench.floor_scores(dev_bench.benchmark_tasks()["evaluation"])
     assert scores["identity"]["tasks_solved"] == 0
     assert scores["rotation/reflection + colour map"]["tasks_solved"] == 11
+
+
+def test_a_focused_epoch_draws_the_evaluation_and_test_demonstrations_alone():
+    tasks, _ = tf.load_tasks({**CONFIG, "data_source": "arc-agi-1"}, local_folder=NOWHERE, kaggle_root=NOWHERE)
+    training_set = tf.build_training_set(tasks, CONFIG)
+    pairs = np.concatenate([b[0] for b in tf.epoch_batches(training_set, CONFIG, epoch=0, focus=True)])
+    held_out = [p for p in range(len(training_set.inputs))
+                if training_set.task_splits[training_set.pair_task[p]] != "training"]
+    assert sorted(pairs.tolist()) == held_out
+    assert sum(len(t.train) for t in tasks["evaluation"]) == len(held_out)
