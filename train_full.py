@@ -50,6 +50,7 @@ CONFIG = {
     "num_heads": 4,              # attention heads (embed_dim must divide by it); 64 per head runs fastest
     "mlp_ratio": 4.0,            # SwiGLU hidden width, as a multiple of embed_dim (times 2/3)
     "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
+    "refinement_steps": 1,       # passes through the blocks, each starting from the last one's state, each with a loss
     # training
     "batch_size": 32,            # pairs per optimisation step (and canvases per prediction batch)
     "learning_rate": 3e-4,       # peak AdamW learning rate of the transformer
@@ -742,6 +743,7 @@ class ARCTransformer(nn.Module):
     def __init__(self, config, num_embeddings):
         super().__init__()
         dim, self.num_prefix_tokens = config["embed_dim"], config["num_prefix_tokens"]
+        self.refinement_steps = config["refinement_steps"]
         # Sparse: a batch touches a few hundred of the (task, augmentation) rows, and SparseAdam updates
         # only those instead of sweeping a table that can hold tens of millions of numbers.
         self.task_embedding = nn.Embedding(num_embeddings, self.num_prefix_tokens * dim, sparse=True)
@@ -762,7 +764,9 @@ class ARCTransformer(nn.Module):
         nn.init.zeros_(self.task_embedding.weight)
 
     def forward(self, canvases, embedding_ids):
-        """Logits (B, H, W, VOCAB_SIZE) for the output canvas, from input canvases (B, H, W)."""
+        """Logits (passes, B, H, W, VOCAB_SIZE) for the output canvas from input canvases (B, H, W): one set
+        per refinement pass, the last one the answer. Each pass starts from the embedded input plus the
+        state the previous pass ended in, detached, so a pass learns to improve on what it is given."""
         batch, height, width = canvases.shape
         x = (self.token_embedding(canvases) + self.row_embedding.weight[:height, None]
              + self.column_embedding.weight[None, :width]).view(batch, height * width, -1)
@@ -772,9 +776,14 @@ class ARCTransformer(nn.Module):
         # padding the batch has, so a cut canvas predicts exactly what the full one does.
         keep = torch.cat([torch.ones(batch, self.num_prefix_tokens, dtype=torch.bool, device=x.device),
                           canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
-        for block in self.blocks:
-            x = block(x, keep)
-        return self.head(self.norm(x[:, self.num_prefix_tokens:])).view(batch, height, width, VOCAB_SIZE)
+        logits, state = [], 0
+        for _ in range(self.refinement_steps):
+            h = x + state
+            for block in self.blocks:
+                h = block(h, keep)
+            state = h.detach()
+            logits.append(self.head(self.norm(h[:, self.num_prefix_tokens:])).view(batch, height, width, VOCAB_SIZE))
+        return torch.stack(logits)
 
 
 # -----------------------------------------------------------------------------
@@ -833,10 +842,13 @@ def learning_rate_factor(step, progress, config):
 
 
 def masked_loss_and_accuracy(logits, targets):
-    """Cross-entropy over non-PAD target cells, and the fraction of them predicted right (tensors)."""
+    """Cross-entropy over non-PAD target cells, averaged over the refinement passes, and the fraction of
+    those cells the last pass predicts right (tensors)."""
     counted = targets != PAD
-    loss = F.cross_entropy(logits.float().view(-1, VOCAB_SIZE), targets.view(-1), ignore_index=PAD)
-    correct = (logits.argmax(-1) == targets) & counted
+    passes = logits.shape[0]
+    loss = F.cross_entropy(logits.float().view(-1, VOCAB_SIZE), targets.repeat(passes, 1, 1).view(-1),
+                           ignore_index=PAD)
+    correct = (logits[-1].argmax(-1) == targets) & counted
     return loss, correct.sum() / counted.sum()
 
 
@@ -940,7 +952,7 @@ def model_predictor(model, device, amp_dtype):
         model.eval()
         with autocast(device, amp_dtype):
             logits = model(torch.from_numpy(canvases.astype(np.int64)).to(device),
-                           torch.from_numpy(embedding_ids).to(device))
+                           torch.from_numpy(embedding_ids).to(device))[-1]
         best_log_prob, tokens = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
         tokens, best_log_prob = tokens.cpu().numpy(), best_log_prob.cpu().numpy()
         confidences = []

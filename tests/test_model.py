@@ -8,9 +8,9 @@ CONFIG = {**tf.CONFIG, "embed_dim": 32, "num_layers": 2, "num_heads": 4, "canvas
           "min_lr_ratio": 0.1}
 
 
-def model_and_batch(seed=0):
+def model_and_batch(seed=0, refinement_steps=1):
     torch.manual_seed(seed)
-    model = tf.ARCTransformer(CONFIG, num_embeddings=6)
+    model = tf.ARCTransformer({**CONFIG, "refinement_steps": refinement_steps}, num_embeddings=6)
     rng = np.random.default_rng(seed)
     grids = [rng.integers(0, 10, size=shape).astype(np.uint8) for shape in [(3, 5), (7, 2), (4, 4)]]
     return model, grids
@@ -19,28 +19,41 @@ def model_and_batch(seed=0):
 def test_the_model_predicts_every_cell_of_the_canvas_over_the_vocabulary():
     model, grids = model_and_batch()
     canvases = torch.from_numpy(tf.encode_grids(grids, (8, 6)).astype(np.int64))
-    assert model(canvases, torch.tensor([0, 1, 2])).shape == (3, 8, 6, tf.VOCAB_SIZE)
+    assert model(canvases, torch.tensor([0, 1, 2])).shape == (1, 3, 8, 6, tf.VOCAB_SIZE)  # one pass
 
 
-def test_a_canvas_cut_to_the_batch_predicts_what_the_full_canvas_does():
-    model, grids = model_and_batch()
+@pytest.mark.parametrize("refinement_steps", [1, 3])
+def test_a_canvas_cut_to_the_batch_predicts_what_the_full_canvas_does(refinement_steps):
+    model, grids = model_and_batch(refinement_steps=refinement_steps)
     with torch.no_grad():
         nn_ids = torch.tensor([1, 2, 3])
         model.task_embedding.weight.normal_()  # conditioning in play too
         cut_shape = tf.canvas_shape(grids, 12)
         cut = model(torch.from_numpy(tf.encode_grids(grids, cut_shape).astype(np.int64)), nn_ids)
         full = model(torch.from_numpy(tf.encode_grids(grids, (12, 12)).astype(np.int64)), nn_ids)
-    assert torch.allclose(cut, full[:, :cut_shape[0], :cut_shape[1]], atol=1e-5)
+    assert torch.allclose(cut, full[:, :, :cut_shape[0], :cut_shape[1]], atol=1e-5)
+
+
+def test_each_refinement_pass_starts_from_the_last_and_has_its_own_loss():
+    model, grids = model_and_batch(refinement_steps=3)
+    canvases = torch.from_numpy(tf.encode_grids(grids, (8, 6)).astype(np.int64))
+    logits = model(canvases, torch.tensor([0, 1, 2]))
+    assert logits.shape == (3, 3, 8, 6, tf.VOCAB_SIZE)
+    assert not torch.allclose(logits[0], logits[1]) and not torch.allclose(logits[1], logits[2])
+    targets = torch.from_numpy(tf.encode_grids([(g + 1) % 10 for g in grids], (8, 6)).astype(np.int64))
+    loss, _ = tf.masked_loss_and_accuracy(logits, targets)
+    per_pass = [tf.masked_loss_and_accuracy(logits[k:k + 1], targets)[0] for k in range(3)]
+    assert torch.allclose(loss, torch.stack(per_pass).mean())
 
 
 def test_task_embeddings_start_at_zero_and_then_condition_the_prediction():
     model, grids = model_and_batch()
     canvases = torch.from_numpy(tf.encode_grids([grids[0]] * 2, (4, 6)).astype(np.int64))
     with torch.no_grad():
-        same = model(canvases, torch.tensor([0, 5]))
+        same = model(canvases, torch.tensor([0, 5]))[-1]
         assert torch.equal(same[0], same[1])
         model.task_embedding.weight[5].normal_()
-        different = model(canvases, torch.tensor([0, 5]))
+        different = model(canvases, torch.tensor([0, 5]))[-1]
     assert not torch.allclose(different[0], different[1])
 
 
