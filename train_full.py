@@ -77,6 +77,8 @@ CONFIG = {
     "checkpoint_dir": "checkpoints",  # last.pt (to resume) and best.pt (best evaluation) live here
     "save_every_n_minutes": 30.0,  # write last.pt this often; a crash loses at most this much training
     "resume": False,             # continue from checkpoint_dir/last.pt: same step, same budget clock
+    "init_from": "",             # a checkpoint (best.pt or last.pt of another run) to start from: its weights and
+                                 # the embeddings of the tasks it knows; new tasks start fresh (Kaggle's warm start)
     "output_dir": "",            # submission.json, eval_predictions.json, metrics.jsonl; "" means
                                  # /kaggle/working on Kaggle, else outputs/
     # hardware
@@ -1159,17 +1161,21 @@ def save_checkpoint(path, model, optimizers, scaler, state, config, task_ids):
                                                                                  "best_score")})
 
 
-def load_checkpoint(path, config, task_ids):
-    """The checkpoint at `path`, checked against this run's model settings and task vocabulary."""
+def load_checkpoint(path, config, task_ids=None):
+    """The checkpoint at `path`, checked against this run's model settings and, unless task_ids is None,
+    its task vocabulary."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for truncated or foreign files; all mean "unreadable"
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from None
+    if not (isinstance(checkpoint, dict) and {"model", "config", "task_ids"} <= set(checkpoint)
+            and set(MODEL_KEYS) <= set(checkpoint["config"])):
+        raise CheckpointError(f"{path}: not a checkpoint of train_full.py (no model, config and task ids)")
     for key in MODEL_KEYS:
         if checkpoint["config"][key] != config[key]:
             raise CheckpointError(f"{path}: made with {key}={checkpoint['config'][key]!r} but this run has "
                                   f"{key}={config[key]!r}")
-    if checkpoint["task_ids"] != list(task_ids):
+    if task_ids is not None and checkpoint["task_ids"] != list(task_ids):
         differ = len(set(checkpoint["task_ids"]) ^ set(task_ids))
         raise CheckpointError(f"{path}: made for other tasks ({len(checkpoint['task_ids'])} tasks there, "
                               f"{len(task_ids)} here, {differ} ids in only one)")
@@ -1235,6 +1241,27 @@ def remove_stale_temporaries(folder):
         if stem and pid.isdigit() and not process_alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, name))
+
+
+def warm_start(model, checkpoint, task_ids, config):
+    """Load a pretrained checkpoint's weights into a new run's model: the whole transformer, and the task
+    embeddings of the tasks both runs have. The others (new tasks) keep their zero start. An embedding
+    belongs to a (task, augmentation) and augmentations come from (seed, task id), so with another seed
+    no embedding would mean the same thing: then none is kept. Returns the number of tasks kept."""
+    weights = dict(checkpoint["model"])
+    pretrained = weights.pop("task_embedding.weight")
+    model.load_state_dict({**weights, "task_embedding.weight": model.task_embedding.weight})
+    if checkpoint["config"]["seed"] != config["seed"]:
+        return 0
+    known = {task_id: i for i, task_id in enumerate(checkpoint["task_ids"])}
+    pairs = [(i, known[task_id]) for i, task_id in enumerate(task_ids) if task_id in known]
+    if pairs:
+        n = config["num_augmentations"]
+        new, old = (torch.tensor(list(column)) for column in zip(*pairs))
+        rows = (n * new[:, None] + torch.arange(n)).view(-1), (n * old[:, None] + torch.arange(n)).view(-1)
+        with torch.no_grad():
+            model.task_embedding.weight[rows[0]] = pretrained[rows[1]].to(model.task_embedding.weight)
+    return len(pairs)
 
 
 def restore_checkpoint(checkpoint, model, optimizers, scaler):
@@ -1339,6 +1366,9 @@ def train(config, tasks, training_set, output_dir, clock):
     checkpoint = None
     if config["resume"] and os.path.exists(last_path):
         checkpoint = load_checkpoint(last_path, config, training_set.task_ids)
+    pretrained = None
+    if config["init_from"] and checkpoint is None:
+        pretrained = load_checkpoint(config["init_from"], config)
     if checkpoint and config["dtype"] == "auto":  # a resumed run goes on as it began, so its numbers match
         amp_dtype = PRECISIONS[checkpoint["state"]["dtype"]]
         precision = f"{checkpoint['state']['dtype']}, as the run began"
@@ -1347,6 +1377,12 @@ def train(config, tasks, training_set, output_dir, clock):
             config, device, lambda dtype: training_step_seconds(config, training_set, device, dtype))
     torch.manual_seed(config["seed"])  # after the timing steps, so the model starts the same either way
     model = ARCTransformer(config, training_set.num_embeddings).to(device)
+    if pretrained is not None:
+        kept = warm_start(model, pretrained, training_set.task_ids, config)
+        print(f"warm start from {config['init_from']}: its weights, and the embeddings of {kept} of this run's "
+              f"{len(training_set.task_ids)} tasks" + ("" if pretrained["config"]["seed"] == config["seed"] else
+                                                       f" (it was trained with seed {pretrained['config']['seed']})"))
+        del pretrained
     if config["compile"]:
         # The blocks only: the sparse task embedding cannot be compiled. dynamic=True because every batch
         # has its own canvas size.
