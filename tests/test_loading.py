@@ -114,3 +114,14 @@ def test_the_embedded_default_is_arc_agi_2_with_a_stand_in_test_split():
 def test_arc_agi_1_is_embedded_on_request():
     tasks, _ = tf.load_tasks(config(data_source="arc-agi-1"), local_folder=NOWHERE, kaggle_root=NOWHERE)
     assert [len(tasks[split]) for split in tf.SPLITS] == [400, 400, 400]
+
+
+def test_the_run_says_whether_the_test_tasks_are_hidden_a_placeholder_or_given(tmp_path):
+    placeholder = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path / "a"), {
+        **small_dataset(), "test": {k: v for k, v in small_dataset()["evaluation"].items()}}))
+    assert "copies of evaluation tasks (Kaggle's public placeholder" in tf.describe_test_split(placeholder, {})
+    assert tf.describe_test_split(placeholder, {"KAGGLE_IS_COMPETITION_RERUN": "1"}).startswith(
+        "Kaggle scoring rerun (KAGGLE_IS_COMPETITION_RERUN is set): 2 hidden test tasks")
+    hidden = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path / "b"), {
+        **small_dataset(), "test": {"new": make_task(seed=40)}}))
+    assert tf.describe_test_split(hidden, {}) == "1 test tasks"
