@@ -1134,6 +1134,83 @@ def eval_report(evaluation_tasks, votes):
     return {"summary": summary, "tasks": tasks}
 
 
+# Pictures, when matplotlib is installed (the run works without it): Figure objects alone, never pyplot,
+# so a notebook's own figures and backend are left alone. Written atomically like every other output.
+ARC_COLOURS = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
+               "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
+
+
+def save_figure(figure, path):
+    temporary = f"{path}.tmp{os.getpid()}.png"
+    try:
+        figure.savefig(temporary, dpi=100)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def plot_training_curves(metrics_path, path):
+    """training_curves.png from metrics.jsonl: loss, cell accuracy, learning rate and evaluation pass@2
+    against elapsed minutes. Returns False (and draws nothing) without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    with open(metrics_path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    start = max((i for i, r in enumerate(records) if r["kind"] == "start" and not r["resumed"]), default=0)
+    records = records[start:]  # this run only, resumed parts included
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] in ("eval", "final eval")]
+    figure = Figure(figsize=(12, 3.2), layout="constrained")
+    axes = figure.subplots(1, 4)
+    for ax, key, rows, title in ((axes[0], "loss", train, "training loss"),
+                                 (axes[1], "accuracy", train, "training cell accuracy"),
+                                 (axes[2], "learning_rate", train, "learning rate"),
+                                 (axes[3], "task_score", evals, "evaluation pass@2")):
+        ax.plot([r["elapsed"] / 60 for r in rows], [r[key] for r in rows], marker="o" if rows is evals else None)
+        ax.set_title(title)
+        ax.set_xlabel("minutes")
+        ax.grid(alpha=0.3)
+    save_figure(figure, path)
+    return True
+
+
+def plot_eval_gallery(report, tasks, path, max_tasks=6):
+    """eval_gallery.png: for up to max_tasks evaluation tasks (solved ones first), the first test input,
+    its truth and both attempts in ARC's colours, solved ones marked. False without matplotlib."""
+    try:
+        from matplotlib.colors import ListedColormap
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    by_id = {task.id: task for task in tasks}
+    chosen = sorted(report["tasks"], key=lambda t: -t["score"])[:max_tasks]
+    if not chosen:
+        return False
+    figure = Figure(figsize=(8, 2.2 * len(chosen)), layout="constrained")
+    axes = figure.subplots(len(chosen), 4, squeeze=False)
+    colours = ListedColormap(ARC_COLOURS)
+    for row, entry in zip(axes, chosen):
+        task, result = by_id[entry["task_id"]], entry["test"][0]
+        grids = (task.test_inputs[0], task.test_outputs[0], result["attempt_1"], result["attempt_2"])
+        titles = (f"{task.id}: input", "truth", "attempt 1", "attempt 2")
+        for ax, grid, title in zip(row, grids, titles):
+            grid = np.asarray(grid)
+            ax.imshow(grid, cmap=colours, vmin=0, vmax=9, interpolation="nearest")
+            ax.set_xticks(np.arange(grid.shape[1] + 1) - 0.5, minor=True)
+            ax.set_yticks(np.arange(grid.shape[0] + 1) - 0.5, minor=True)
+            ax.grid(which="minor", color="#555555", linewidth=0.5)
+            ax.tick_params(which="minor", length=0)
+            solved = title.startswith("attempt") and np.array_equal(grid, task.test_outputs[0])
+            ax.set_title(title + (" - solved" if solved else ""), color="green" if solved else "black", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    save_figure(figure, path)
+    return True
+
+
 def resolve_output_dir(config):
     if config["output_dir"]:
         return config["output_dir"]
@@ -1414,6 +1491,7 @@ def train(config, tasks, training_set, output_dir, clock):
     metrics_path = os.path.join(output_dir, "metrics.jsonl")
     submission_path = os.path.join(output_dir, "submission.json")
     eval_path = os.path.join(output_dir, "eval_predictions.json")
+    curves_path, gallery_path = os.path.join(output_dir, "training_curves.png"), os.path.join(output_dir, "eval_gallery.png")
     state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "best_score": None,
              "last_eval_epoch": 0, "last_eval_time": 0.0, "lr_scale": 1.0, "micro_batches": 1, "nonfinite_steps": 0, "focus": False,
              "evaluations_since_best": 0,
@@ -1479,6 +1557,17 @@ def train(config, tasks, training_set, output_dir, clock):
         append_metrics(metrics_path, {"kind": "rollback", "step": state["step"], "elapsed": round(clock.used(), 2),
                                       "lr_scale": state["lr_scale"], "nonfinite_steps": state["nonfinite_steps"]})
 
+    def draw(report=None):
+        """Refresh the pictures; a failure to draw is reported and never stops the run."""
+        try:
+            drawn = plot_training_curves(metrics_path, curves_path)
+            if report is not None:
+                plot_eval_gallery(report, evaluation, gallery_path)
+            return drawn
+        except Exception as error:
+            progress.write(f"warning: pictures not drawn ({type(error).__name__}: {error})")
+            return False
+
     def evaluate(kind):
         start = time.perf_counter()
         report = eval_report(evaluation, predict_tasks(evaluation, training_set, predictor, config))
@@ -1502,6 +1591,7 @@ def train(config, tasks, training_set, output_dir, clock):
                        f"({summary['tasks_solved']}/{summary['num_tasks']} tasks, {summary['output_score']:.4f} of "
                        f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                        + (" | new best" if improved else ""))
+        draw(report if improved else None)
 
     def log_interval(lr_factor, num_batches):
         seconds = time.perf_counter() - interval["start"]
@@ -1649,6 +1739,11 @@ def train(config, tasks, training_set, output_dir, clock):
             print("final eval: skipped, the time left is kept for the test prediction")
         submit("best" if state["best_score"] is not None else "last")
     append_metrics(metrics_path, {"kind": "end", "step": state["step"], "elapsed": round(clock.used(), 2)})
+    if draw() and "ipykernel" in sys.modules:  # a notebook shows them under the cell
+        from IPython.display import Image, display
+        for path in (curves_path, gallery_path):
+            if os.path.exists(path):
+                display(Image(filename=path))
     return 0
 
 # -----------------------------------------------------------------------------
