@@ -2,6 +2,7 @@
 train_full.py: train a model on ARC tasks and write a Kaggle submission.
 
     python train_full.py [--preset=NAME] [--key=value ...]      # or %run train_full.py, or paste into a cell
+    torchrun --nproc_per_node=4 train_full.py [...]              # one process per GPU
 
 The file reads top to bottom in the order the data flows: settings, loading and validation, the canvas
 encoding, augmentation, the training set, voting and scoring, outputs, main(). Importing it does nothing
@@ -28,6 +29,7 @@ SCRIPT_STARTED = time.perf_counter()
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -806,10 +808,86 @@ class ARCTransformer(nn.Module):
 # -----------------------------------------------------------------------------
 # The training step. Loss and accuracy count only the cells of the output grid and its end markers.
 
-def choose_device(config):
-    if config["device"] != "auto":
+class Distributed:
+    """This process's place among the processes torchrun started (rank 0 of 1 without torchrun), and the
+    few exchanges the training loop needs. Every process takes an equal slice of each batch; a
+    DistributedDataParallel wrapper averages the transformer's gradients; the sparse task-embedding
+    gradients, which it cannot exchange, are gathered here. Decisions that hang on a clock (stop, save,
+    evaluate) are taken by rank 0 and sent to all, so every process takes the same path."""
+    def __init__(self, rank=0, world_size=1, local_rank=0):
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def agree(self, values, device):
+        """Rank 0's list of ints, on every process."""
+        if self.world_size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.int64, device=device)
+        dist.broadcast(tensor, 0)
+        return tensor.tolist()
+
+    def all_true(self, flag):
+        """A bool tensor that is True on every process only where it is True on all of them."""
+        if self.world_size > 1:
+            flag = flag.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return flag.bool()
+
+    def sum(self, tensor):
+        if self.world_size > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def sum_sparse_gradient(self, parameter):
+        """Replace each process's sparse gradient of `parameter` by the mean over the processes."""
+        if self.world_size == 1 or parameter.grad is None:
+            return
+        grad = parameter.grad.coalesce()
+        indices, values = grad.indices()[0], grad.values()
+        count = torch.tensor([indices.numel()], device=values.device)
+        counts = [torch.zeros_like(count) for _ in range(self.world_size)]
+        dist.all_gather(counts, count)
+        counts = [int(c) for c in counts]
+        padded_indices = indices.new_zeros(max(counts))  # all_gather needs equal sizes
+        padded_values = values.new_zeros(max(counts), *values.shape[1:])
+        padded_indices[:len(indices)], padded_values[:len(values)] = indices, values
+        all_indices = [torch.empty_like(padded_indices) for _ in counts]
+        all_values = [torch.empty_like(padded_values) for _ in counts]
+        dist.all_gather(all_indices, padded_indices)
+        dist.all_gather(all_values, padded_values)
+        indices = torch.cat([i[:n] for i, n in zip(all_indices, counts)])
+        values = torch.cat([v[:n] for v, n in zip(all_values, counts)]) / self.world_size
+        parameter.grad = torch.sparse_coo_tensor(indices[None], values, parameter.shape, check_invariants=False).coalesce()
+
+
+SINGLE_PROCESS = Distributed()
+
+
+def start_distributed(config):
+    """Join the process group when torchrun started this process (WORLD_SIZE > 1): NCCL between GPUs,
+    gloo between CPU processes."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return SINGLE_PROCESS
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and config["device"] in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(rank, world_size, local_rank)
+
+
+def choose_device(config, distributed=SINGLE_PROCESS):
+    if config["device"] not in ("auto", "cuda"):
         return torch.device(config["device"])
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config["device"] == "cuda" or torch.cuda.is_available():
+        return torch.device("cuda", distributed.local_rank) if distributed.world_size > 1 else torch.device("cuda")
+    return torch.device("cpu")
 
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -869,33 +947,43 @@ def masked_loss_and_accuracy(logits, targets):
     return loss, correct.sum() / counted.sum()
 
 
-def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config, micro_batches=1):
-    """One optimisation step on a batch of numpy arrays, run as `micro_batches` slices whose gradients add
-    up to the whole batch's (for a batch that does not fit in memory at once). Returns (loss, accuracy,
-    finite): loss and accuracy as tensors; finite is False when the loss or the gradients were not finite,
-    and then no update was made. Reading `finite` is this step's one host-device sync."""
+def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config, micro_batches=1,
+               distributed=SINGLE_PROCESS):
+    """One optimisation step on a batch of numpy arrays. Under torchrun each process takes its slice of the
+    batch (model is then the DistributedDataParallel wrapper); a slice runs as `micro_batches` parts (for a
+    batch that does not fit in memory at once). Every part's loss is weighted by its share of the batch's
+    counted cells, so the gradient is the whole batch's however it is split. Returns (loss, accuracy,
+    finite): this process's parts of the batch's loss and accuracy as tensors (over the processes they add
+    up to the batch's); finite is False when the loss or the gradients were not finite on any process, and
+    then no update was made. Reading `finite` is the step's one host-device sync."""
     dense, sparse = optimizers
     dense.param_groups[0]["lr"] = dense.param_groups[1]["lr"] = config["learning_rate"] * lr_factor
     sparse.param_groups[0]["lr"] = config["task_embedding_lr"] * lr_factor
     counted = batch[1] != PAD
+    mine = np.array_split(np.arange(len(batch[0])), distributed.world_size)[distributed.rank]
+    # DistributedDataParallel averages over the processes, so each scales its share up by their number. A
+    # process with no pair of this batch still runs one at zero weight: every process must join each exchange.
+    scale = distributed.world_size if len(mine) else 0.0
+    parts = [part for part in np.array_split(mine if len(mine) else np.arange(1), micro_batches) if len(part)]
     total_loss = total_accuracy = 0.0
-    for part in np.array_split(np.arange(len(batch[0])), micro_batches):
-        if len(part) == 0:
-            continue
+    for i, part in enumerate(parts):
         inputs, targets, embedding_ids = (torch.from_numpy(a[part]).to(device, non_blocking=True) for a in batch)
-        with autocast(device, amp_dtype):
-            logits = model(inputs, embedding_ids)
-        loss, accuracy = masked_loss_and_accuracy(logits, targets)
-        weight = counted[part].sum() / counted.sum()  # each slice's share of the batch's counted cells
-        scaler.scale(loss * weight).backward()
-        total_loss = total_loss + loss.detach() * weight
-        total_accuracy = total_accuracy + accuracy.detach() * weight
+        last = i == len(parts) - 1
+        with (model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()):
+            with autocast(device, amp_dtype):
+                logits = model(inputs, embedding_ids)
+            loss, accuracy = masked_loss_and_accuracy(logits, targets)
+            share = counted[part].sum() / counted.sum()
+            scaler.scale(loss * scale * share).backward()
+        total_loss = total_loss + loss.detach() * share * bool(scale)
+        total_accuracy = total_accuracy + accuracy.detach() * share * bool(scale)
+    distributed.sum_sparse_gradient(sparse.param_groups[0]["params"][0])
     scaler.unscale_(dense)
     scaler.unscale_(sparse)
     norm = torch.nn.utils.clip_grad_norm_([p for g in dense.param_groups for p in g["params"]], config["grad_clip"])
     # With fp16 the scaler itself skips steps whose gradients overflowed and lowers its scale: that is
     # routine, not a fault. Otherwise a non-finite gradient norm means the update would spoil the weights.
-    finite = bool(torch.isfinite(total_loss) & (torch.isfinite(norm) | scaler.is_enabled()))
+    finite = bool(distributed.all_true(torch.isfinite(total_loss) & (torch.isfinite(norm) | scaler.is_enabled())))
     if finite or scaler.is_enabled():
         scaler.step(dense)
         scaler.step(sparse)
@@ -1450,9 +1538,14 @@ def seconds_per_prediction(predictor, test_inputs, config):
     return (time.perf_counter() - start) / len(grids)
 
 
-def train(config, tasks, training_set, output_dir, clock):
-    """Train within the budget, evaluate, checkpoint, then write submission.json and eval_predictions.json."""
-    device = choose_device(config)
+STOP_REASONS = ("", "SIGINT", "SIGTERM", "early stop", "time budget")  # what ends training early, by number
+
+
+def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PROCESS):
+    """Train within the budget, evaluate, checkpoint, then write submission.json and eval_predictions.json.
+    Under torchrun every process trains and predicts; rank 0 alone writes files."""
+    device = choose_device(config, distributed)
+    main_process = distributed.is_main
     checkpoint_dir = config["checkpoint_dir"]
     last_path, best_path = os.path.join(checkpoint_dir, "last.pt"), os.path.join(checkpoint_dir, "best.pt")
     checkpoint = None
@@ -1467,6 +1560,8 @@ def train(config, tasks, training_set, output_dir, clock):
     else:
         amp_dtype, precision = choose_precision(
             config, device, lambda dtype: training_step_seconds(config, training_set, device, dtype))
+        choice = list(PRECISIONS.values()).index(amp_dtype)  # timed on each process: rank 0's choice is everyone's
+        amp_dtype = list(PRECISIONS.values())[distributed.agree([choice], device)[0]]
     torch.manual_seed(config["seed"])  # after the timing steps, so the model starts the same either way
     model = ARCTransformer(config, training_set.num_embeddings).to(device)
     if pretrained is not None:
@@ -1480,18 +1575,30 @@ def train(config, tasks, training_set, output_dir, clock):
         # has its own canvas size.
         for block in model.blocks:
             block.compile(dynamic=True)
+    stepper = model  # what train_step runs: under torchrun, a DistributedDataParallel wrapper of the model
+    if distributed.world_size > 1:
+        # The sparse task embedding is left out of its gradient averaging (NCCL cannot reduce sparse
+        # tensors); train_step gathers those gradients itself.
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["task_embedding.weight"])
+        stepper = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizers = make_optimizers(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     num_parameters = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
     print(f"model: {num_parameters:,} parameters + {model.task_embedding.weight.numel():,} in task embeddings | "
-          f"device {device} | {precision}" + (" | compiled" if config["compile"] else ""))
+          f"device {device} | {precision}" + (" | compiled" if config["compile"] else "")
+          + (f" | {distributed.world_size} processes" if distributed.world_size > 1 else ""))
 
-    for folder in (checkpoint_dir, output_dir):
-        remove_stale_temporaries(folder)
+    if main_process:
+        for folder in (checkpoint_dir, output_dir):
+            remove_stale_temporaries(folder)
     metrics_path = os.path.join(output_dir, "metrics.jsonl")
     submission_path = os.path.join(output_dir, "submission.json")
     eval_path = os.path.join(output_dir, "eval_predictions.json")
     curves_path, gallery_path = os.path.join(output_dir, "training_curves.png"), os.path.join(output_dir, "eval_gallery.png")
+
+    def record(entry):
+        if main_process:
+            append_metrics(metrics_path, entry)
     state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "best_score": None,
              "last_eval_epoch": 0, "last_eval_time": 0.0, "lr_scale": 1.0, "micro_batches": 1, "nonfinite_steps": 0, "focus": False,
              "evaluations_since_best": 0,
@@ -1506,8 +1613,8 @@ def train(config, tasks, training_set, output_dir, clock):
     elif os.path.exists(last_path):
         print(f"note: starting fresh; {last_path} from an earlier run is replaced at this run's first save "
               "(--resume=True continues it instead)")
-    append_metrics(metrics_path, {"kind": "start", "resumed": state["step"] > 0, "torch": torch.__version__,
-                                  "device": str(device), "precision": precision, "config": config})
+    record({"kind": "start", "resumed": state["step"] > 0, "torch": torch.__version__, "device": str(device),
+            "processes": distributed.world_size, "precision": precision, "config": config})
 
     test_tasks = tasks["test"]
     evaluation = [task for task in tasks["evaluation"] if task.test_outputs is not None]
@@ -1518,7 +1625,7 @@ def train(config, tasks, training_set, output_dir, clock):
     evaluation += validation
     if not evaluation:
         print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
-    if not os.path.exists(submission_path):  # a valid file on disk from the start, whatever happens next
+    if main_process and not os.path.exists(submission_path):  # a valid file on disk from the start, whatever happens
         submission, _ = make_submission(test_tasks, {})
         validate_submission(submission, test_tasks)
         write_json_atomic(submission_path, submission)
@@ -1539,7 +1646,8 @@ def train(config, tasks, training_set, output_dir, clock):
         start = time.perf_counter()
         state["elapsed"] = clock.used()
         try:
-            save_checkpoint(last_path, model, optimizers, scaler, state, config, training_set.task_ids)
+            if main_process:
+                save_checkpoint(last_path, model, optimizers, scaler, state, config, training_set.task_ids)
         except OSError as error:  # a full disk: the previous last.pt is untouched, so training goes on
             print(f"warning: {last_path} not updated at step {state['step']} ({error}); the previous one is intact")
         timing["save"] = time.perf_counter() - start
@@ -1554,8 +1662,8 @@ def train(config, tasks, training_set, output_dir, clock):
         progress.write(f"{config['max_nonfinite_steps']} non-finite steps in a row: rolled back to step "
                        f"{state['step']} ({last_path if os.path.exists(last_path) else 'no checkpoint yet'}) "
                        f"with the learning rate scaled by {state['lr_scale']:g}")
-        append_metrics(metrics_path, {"kind": "rollback", "step": state["step"], "elapsed": round(clock.used(), 2),
-                                      "lr_scale": state["lr_scale"], "nonfinite_steps": state["nonfinite_steps"]})
+        record({"kind": "rollback", "step": state["step"], "elapsed": round(clock.used(), 2),
+                "lr_scale": state["lr_scale"], "nonfinite_steps": state["nonfinite_steps"]})
 
     def draw(report=None):
         """Refresh the pictures; a failure to draw is reported and never stops the run."""
@@ -1574,38 +1682,40 @@ def train(config, tasks, training_set, output_dir, clock):
         timing["prediction"] = (time.perf_counter() - start) / max(num_eval_predictions, 1)
         summary = report["summary"]
         improved = state["best_score"] is None or score_key(summary) > state["best_score"]
-        if improved:
+        if improved and main_process:
             try:
                 save_atomic({"model": model.state_dict(), "report": report, "config": dict(config),
                              "task_ids": list(training_set.task_ids), "step": state["step"]}, best_path)
                 write_json_atomic(eval_path, report)
-                state["best_score"] = score_key(summary)
             except OSError as error:
                 improved = False
                 print(f"warning: {best_path} not updated at step {state['step']} ({error}); the previous one is intact")
+        improved = bool(distributed.agree([improved], device)[0])  # whether rank 0 could write best.pt
+        if improved:
+            state["best_score"] = score_key(summary)
         state["last_eval_epoch"], state["last_eval_time"] = state["epoch"], clock.used()
         state["evaluations_since_best"] = 0 if improved else state["evaluations_since_best"] + 1
-        append_metrics(metrics_path, {"kind": kind, "step": state["step"], "epoch": state["epoch"],
-                                      "elapsed": round(clock.used(), 2), **summary, "best": improved})
+        record({"kind": kind, "step": state["step"], "epoch": state["epoch"], "elapsed": round(clock.used(), 2),
+                **summary, "best": improved})
         progress.write(f"{kind} at step {state['step']}: pass@2 {summary['task_score']:.4f} "
                        f"({summary['tasks_solved']}/{summary['num_tasks']} tasks, {summary['output_score']:.4f} of "
                        f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                        + (" | new best" if improved else ""))
-        draw(report if improved else None)
+        if main_process:
+            draw(report if improved else None)
 
     def log_interval(lr_factor, num_batches):
         seconds = time.perf_counter() - interval["start"]
-        record = {"kind": "train", "step": state["step"],
-                  "epoch": round(state["epoch"] + state["batch"] / num_batches, 3),
-                  "elapsed": round(clock.used(), 2),
-                  "loss": round(float(interval["loss"]) / interval["steps"], 5),  # the one sync per interval
-                  "accuracy": round(float(interval["accuracy"]) / interval["steps"], 5),
-                  "learning_rate": float(f"{config['learning_rate'] * lr_factor:.4g}"),
-                  "samples_per_s": round(interval["samples"] / seconds, 1)}
-        append_metrics(metrics_path, record)
-        progress.update(clock, {"step": record["step"], "epoch": record["epoch"], "loss": record["loss"],
-                                "acc": record["accuracy"], "lr": f"{record['learning_rate']:.2e}",
-                                "samples/s": record["samples_per_s"]})
+        # The one sync per interval; under torchrun the processes' parts add up to the batches' figures.
+        loss, accuracy = (float(distributed.sum(interval[key])) / interval["steps"] for key in ("loss", "accuracy"))
+        line = {"kind": "train", "step": state["step"], "epoch": round(state["epoch"] + state["batch"] / num_batches, 3),
+                "elapsed": round(clock.used(), 2), "loss": round(loss, 5), "accuracy": round(accuracy, 5),
+                "learning_rate": float(f"{config['learning_rate'] * lr_factor:.4g}"),
+                "samples_per_s": round(interval["samples"] / seconds, 1)}  # the whole batches, all processes
+        record(line)
+        progress.update(clock, {"step": line["step"], "epoch": line["epoch"], "loss": line["loss"],
+                                "acc": line["accuracy"], "lr": f"{line['learning_rate']:.2e}",
+                                "samples/s": line["samples_per_s"]})
         interval.update({"loss": 0.0, "accuracy": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter()})
 
     steps_per_epoch = len(epoch_batches(training_set, config, 0))  # varies a little from epoch to epoch
@@ -1633,6 +1743,22 @@ def train(config, tasks, training_set, output_dir, clock):
             print(f"best evaluation (step {best['step']}): pass@2 {summary['task_score']:.4f} on "
                   f"{summary['num_tasks']} tasks, written to {eval_path}")
 
+    def decide():
+        """(why to stop or "", save now, evaluate now), as rank 0 sees it, on every process."""
+        halt = 0
+        if stop.received:
+            halt = STOP_REASONS.index(stop.received)
+        elif 0 < config["early_stop_evaluations"] <= state["evaluations_since_best"]:
+            halt = STOP_REASONS.index("early stop")
+        elif clock.used() + final_seconds() + 2 * timing["step"] > clock.budget:
+            halt = STOP_REASONS.index("time budget")
+        save = clock.used() - last_save >= 60 * config["save_every_n_minutes"]
+        minutes_due = (config["eval_every_n_minutes"] > 0
+                       and clock.used() - state["last_eval_time"] >= 60 * config["eval_every_n_minutes"])
+        evaluate_now = bool(evaluation) and minutes_due and clock.used() + 2 * final_seconds() < clock.budget
+        halt, save, evaluate_now = distributed.agree([halt, save, evaluate_now], device)
+        return STOP_REASONS[halt], bool(save), bool(evaluate_now)
+
     ended = "all epochs done"
     with StopSignals() as stop:
         try:
@@ -1641,6 +1767,7 @@ def train(config, tasks, training_set, output_dir, clock):
                 if state["batch"] == 0:  # a resumed epoch keeps the pairs it began with
                     budget_used = clock.used() / max(clock.budget - final_seconds(), 1e-9)
                     focus = config["focus_fraction"] > 0 and budget_used >= 1 - config["focus_fraction"]
+                    focus = bool(distributed.agree([focus], device)[0])
                     if focus and not state["focus"]:
                         progress.write(f"epoch {state['epoch']}: the last {config['focus_fraction']:.0%} of the "
                                        "budget trains on the evaluation and test tasks' demonstrations alone")
@@ -1648,14 +1775,15 @@ def train(config, tasks, training_set, output_dir, clock):
                 batches = epoch_batches(training_set, config, state["epoch"], state["focus"])
                 rolled_back = False
                 while state["batch"] < len(batches):
-                    if stop.received:
-                        ended = f"stopped by {stop.received}"
-                        break
-                    if 0 < config["early_stop_evaluations"] <= state["evaluations_since_best"]:
-                        ended = f"{state['evaluations_since_best']} evaluations in a row without a new best"
-                        break
-                    if clock.used() + final_seconds() + 2 * timing["step"] > clock.budget:
-                        ended = "time budget"
+                    halt, save_now, evaluate_now = decide()
+                    if save_now:
+                        save_last()
+                        last_save = clock.used()
+                    if evaluate_now:
+                        evaluate("eval")
+                    if halt:
+                        ended = {"time budget": halt, "early stop": f"{state['evaluations_since_best']} evaluations "
+                                 "in a row without a new best"}.get(halt, f"stopped by {halt}")
                         break
                     step_start = time.perf_counter()
                     batch = make_batch(training_set, *batches[state["batch"]], config["canvas_size"])
@@ -1663,11 +1791,12 @@ def train(config, tasks, training_set, output_dir, clock):
                     progress_fraction = max(state["step"] / total_steps, budget_used)
                     lr_factor = learning_rate_factor(state["step"], progress_fraction, config)
                     try:
-                        loss, accuracy, finite = train_step(model, optimizers, scaler, batch,
+                        loss, accuracy, finite = train_step(stepper, optimizers, scaler, batch,
                                                             lr_factor * state["lr_scale"], device, amp_dtype, config,
-                                                            state["micro_batches"])
+                                                            state["micro_batches"], distributed)
                     except torch.OutOfMemoryError:
-                        if state["micro_batches"] >= len(batch[0]):
+                        # Under torchrun one process alone would change its way of stepping: not safe.
+                        if state["micro_batches"] >= len(batch[0]) or distributed.world_size > 1:
                             raise
                         for optimizer in optimizers:
                             optimizer.zero_grad(set_to_none=True)
@@ -1697,20 +1826,14 @@ def train(config, tasks, training_set, output_dir, clock):
                     interval["samples"] += len(batch[0])
                     if state["step"] % config["log_every_n_steps"] == 0:
                         log_interval(lr_factor, len(batches))
-                    if clock.used() - last_save >= 60 * config["save_every_n_minutes"]:
-                        save_last()
-                        last_save = clock.used()
-                    minutes_due = (config["eval_every_n_minutes"] > 0 and clock.used() - state["last_eval_time"]
-                                   >= 60 * config["eval_every_n_minutes"])
-                    if evaluation and minutes_due and clock.used() + 2 * final_seconds() < clock.budget:
-                        evaluate("eval")
                     timing["step"] = time.perf_counter() - step_start
                 if ended == "all epochs done" and not rolled_back:
                     state["epoch"] += 1
                     state["batch"] = 0
                     epochs_due = (config["eval_every_n_epochs"] > 0
                                   and state["epoch"] - state["last_eval_epoch"] >= config["eval_every_n_epochs"])
-                    if evaluation and epochs_due and clock.used() + 2 * final_seconds() < clock.budget:
+                    if distributed.agree([bool(evaluation) and epochs_due
+                                          and clock.used() + 2 * final_seconds() < clock.budget], device)[0]:
                         evaluate("eval")
         except Exception:
             # A bug or a device error: the weights may be half-updated, so last.pt keeps the last good state
@@ -1719,7 +1842,7 @@ def train(config, tasks, training_set, output_dir, clock):
             traceback.print_exc()
             print(f"error: training failed at step {state['step']} (traceback above); {last_path} holds the "
                   "last saved state")
-            if state["best_score"] is not None:
+            if state["best_score"] is not None and main_process:
                 submit("best")
             else:
                 print(f"submission: {submission_path} keeps the fallback answers (no evaluation had run)")
@@ -1728,18 +1851,22 @@ def train(config, tasks, training_set, output_dir, clock):
         print(f"training stopped at step {state['step']}, epoch {state['epoch']} ({ended}), "
               f"{clock.used():.0f}s used")
         save_last()
-        if stop.received:
-            submit("best" if state["best_score"] is not None else "last")
-            print(f"stopped by {stop.received}: to continue, run the same command with --resume=True "
+        weights = "best" if state["best_score"] is not None else "last"
+        if ended.startswith("stopped by"):
+            signal_name = ended[len("stopped by "):]
+            if main_process:
+                submit(weights)
+            print(f"stopped by {signal_name}: to continue, run the same command with --resume=True "
                   f"(it restarts from {last_path} at step {state['step']})")
-            return 128 + int(getattr(signal, stop.received))
-        if evaluation and clock.used() + final_seconds() <= clock.budget:
+            return 128 + int(getattr(signal, signal_name))
+        if distributed.agree([bool(evaluation) and clock.used() + final_seconds() <= clock.budget], device)[0]:
             evaluate("final eval")
         elif evaluation:
             print("final eval: skipped, the time left is kept for the test prediction")
-        submit("best" if state["best_score"] is not None else "last")
-    append_metrics(metrics_path, {"kind": "end", "step": state["step"], "elapsed": round(clock.used(), 2)})
-    if draw() and "ipykernel" in sys.modules:  # a notebook shows them under the cell
+        if main_process:  # the others are done: only rank 0 predicts the test tasks and writes
+            submit(weights)
+    record({"kind": "end", "step": state["step"], "elapsed": round(clock.used(), 2)})
+    if main_process and draw() and "ipykernel" in sys.modules:  # a notebook shows them under the cell
         from IPython.display import Image, display
         for path in (curves_path, gallery_path):
             if os.path.exists(path):
@@ -1766,22 +1893,32 @@ def main(argv=None, presets=None, started=None):
     except (ConfigError, ARCDataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print("config: " + ", ".join(f"{key}={value!r}" for key, value in config.items()))
-    print(f"data: {origin}: " + ", ".join(f"{len(tasks[split])} {split}" for split in SPLITS)
-          + f" tasks, loaded and validated in {loaded - loading:.2f}s")
-    print(f"test: {describe_test_split(tasks)}")
-    print(f"training set: {len(training_set.inputs)} pairs from {len(training_set.task_ids)} tasks x "
-          f"{training_set.num_augmentations} augmentations = {len(training_set)} examples, "
-          f"{training_set.num_embeddings} task embeddings, built in {built - loaded:.2f}s"
-          + (f"; {training_set.num_dropped} training pairs dropped (their input is a held-out test input)"
-             if training_set.num_dropped else ""))
-    clock = Clock(3600 * config["target_runtime_hours"], start)
-    try:
-        with RunLock(config["checkpoint_dir"]):
-            return train(config, tasks, training_set, resolve_output_dir(config), clock)
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    distributed = start_distributed(config)
+    # Rank 0 speaks for the run; the other processes keep only their errors (stderr).
+    with (contextlib.nullcontext() if distributed.is_main else contextlib.redirect_stdout(open(os.devnull, "w"))):
+        print("config: " + ", ".join(f"{key}={value!r}" for key, value in config.items()))
+        print(f"data: {origin}: " + ", ".join(f"{len(tasks[split])} {split}" for split in SPLITS)
+              + f" tasks, loaded and validated in {loaded - loading:.2f}s")
+        print(f"test: {describe_test_split(tasks)}")
+        print(f"training set: {len(training_set.inputs)} pairs from {len(training_set.task_ids)} tasks x "
+              f"{training_set.num_augmentations} augmentations = {len(training_set)} examples, "
+              f"{training_set.num_embeddings} task embeddings, built in {built - loaded:.2f}s"
+              + (f"; {training_set.num_dropped} training pairs dropped (their input is a held-out test input)"
+                 if training_set.num_dropped else ""))
+        clock = Clock(3600 * config["target_runtime_hours"], start)
+        code = 1
+        try:
+            with RunLock(config["checkpoint_dir"]) if distributed.is_main else contextlib.nullcontext():
+                code = train(config, tasks, training_set, resolve_output_dir(config), clock, distributed)
+        except CheckpointError as error:
+            print(f"error: {error}", file=sys.stderr)
+            code = 2
+        finally:
+            if distributed.world_size > 1:
+                if code != 1:  # all went the same way: wait for rank 0's last files (after a failure, torchrun ends the rest)
+                    dist.barrier()
+                dist.destroy_process_group()
+        return code
 
 
 if __name__ == "__main__":

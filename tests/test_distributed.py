@@ -1,0 +1,60 @@
+"""Several processes with torchrun and DistributedDataParallel, on CPU with the gloo backend: the run
+completes, rank 0 alone writes, the result matches a single process, and checkpoints resume on another
+number of processes."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+import train_full as tf
+from helpers import TINY, small_dataset, write_kaggle_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "train_full.py")
+SETTINGS = [*TINY, "--epochs=4", "--batch_size=6", "--num_augmentations=4", "--log_every_n_steps=1", "--dtype=float32"]
+
+
+def launch(tmp_path, name, processes, *extra):
+    data = write_kaggle_folder(str(tmp_path / "data"), small_dataset())
+    command = [sys.executable, SCRIPT] if processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", SCRIPT]
+    out, ck = tmp_path / f"{name}_out", tmp_path / f"{name}_ck"
+    result = subprocess.run([*command, *SETTINGS, f"--data_dir={data}", f"--output_dir={out}",
+                             f"--checkpoint_dir={ck}", *extra],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, out, ck
+
+
+def test_two_processes_match_one_and_write_their_outputs_once(tmp_path):
+    single, single_out, single_ck = launch(tmp_path, "single", 1)
+    double, double_out, double_ck = launch(tmp_path, "double", 2)
+    assert "2 processes" in double.stdout
+    assert double.stdout.count("training stopped at step") == 1  # rank 0 alone prints
+    metrics = [json.loads(line) for line in open(double_out / "metrics.jsonl")]
+    assert [m["kind"] for m in metrics].count("start") == 1 and metrics[-1]["kind"] == "end"
+    tf.validate_submission(json.load(open(double_out / "submission.json")),
+                           tf.load_kaggle_folder(str(tmp_path / "data"))["test"])
+    one = torch.load(single_ck / "last.pt", weights_only=True)
+    two = torch.load(double_ck / "last.pt", weights_only=True)
+    assert one["state"]["step"] == two["state"]["step"] > 0
+    for name, weights in one["model"].items():
+        assert torch.allclose(weights, two["model"][name], atol=1e-4), name  # summed in another order only
+    single_losses = [json.loads(line)["loss"] for line in open(single_out / "metrics.jsonl") if '"train"' in line]
+    double_losses = [json.loads(line)["loss"] for line in open(double_out / "metrics.jsonl") if '"train"' in line]
+    assert len(single_losses) == len(double_losses) and all(abs(a - b) < 1e-3 for a, b in zip(single_losses, double_losses))
+
+
+def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path):
+    _, _, ck = launch(tmp_path, "double", 2)
+    steps = json.load(open(ck / "last.json"))["step"]
+    data = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, SCRIPT, *SETTINGS, "--epochs=6", "--resume=True", f"--data_dir={data}",
+                             f"--output_dir={tmp_path / 'double_out'}", f"--checkpoint_dir={ck}"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {ck / 'last.pt'}: step {steps}, epoch 4" in result.stdout
+    assert json.load(open(ck / "last.json"))["step"] > steps
