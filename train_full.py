@@ -1266,7 +1266,7 @@ def plot_training_curves(metrics_path, path):
 
 
 def plot_eval_gallery(report, tasks, path, max_tasks=6):
-    """eval_gallery.png: for up to max_tasks evaluation tasks (solved ones first), the first test input,
+    """eval_gallery.png: for up to max_tasks evaluation tasks (solved ones, then the nearest misses), the first test input,
     its truth and both attempts in ARC's colours, solved ones marked. False without matplotlib."""
     try:
         from matplotlib.colors import ListedColormap
@@ -1274,7 +1274,8 @@ def plot_eval_gallery(report, tasks, path, max_tasks=6):
     except ImportError:
         return False
     by_id = {task.id: task for task in tasks}
-    chosen = sorted(report["tasks"], key=lambda t: -t["score"])[:max_tasks]
+    closest = lambda t: (-t["score"], -(t["test"][0]["pixel_accuracy"] or 0.0))  # solved, then near misses
+    chosen = sorted(report["tasks"], key=closest)[:max_tasks]
     if not chosen:
         return False
     figure = Figure(figsize=(8, 2.2 * len(chosen)), layout="constrained")
@@ -1635,12 +1636,12 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
     num_test_predictions = config["vote_augmentations"] * sum(len(t.test_inputs) for t in test_tasks)
     test_inputs = [grid for task in test_tasks + evaluation for grid in task.test_inputs]
     timing = {"prediction": seconds_per_prediction(predictor, test_inputs, config) if test_inputs else 0.0,
-              "save": 0.0, "step": 0.0}
+              "save": 0.0, "step": 0.0, "draw": 0.0}
 
     def final_seconds():
-        """The time the end needs: last.pt, a final evaluation, the test prediction, with a margin."""
+        """The time the end needs: last.pt, a final evaluation, the test prediction, the pictures, a margin."""
         predictions = num_eval_predictions + num_test_predictions
-        return 1.25 * timing["prediction"] * predictions + timing["save"] + 2.0
+        return 1.25 * timing["prediction"] * predictions + timing["save"] + timing["draw"] + 2.0
 
     def save_last():
         start = time.perf_counter()
@@ -1667,10 +1668,12 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
 
     def draw(report=None):
         """Refresh the pictures; a failure to draw is reported and never stops the run."""
+        start = time.perf_counter()
         try:
             drawn = plot_training_curves(metrics_path, curves_path)
             if report is not None:
                 plot_eval_gallery(report, evaluation, gallery_path)
+            timing["draw"] = time.perf_counter() - start  # the last drawing comes after the submission
             return drawn
         except Exception as error:
             progress.write(f"warning: pictures not drawn ({type(error).__name__}: {error})")
