@@ -18,6 +18,7 @@ PRESETS = {
         "save_every_n_minutes": 1.0,
         "log_every_n_steps": 20,
         "compile": False,  # for a model this small, compiling gains about 9% and costs 5-10 s of the 3 minutes
+        "focus_fraction": 0.3,  # the last minute on the evaluation and test tasks (see the dev benchmark)
     },
     # The development benchmark (python dev_bench.py): 178 small ARC-AGI-1 tasks, 15 minutes on 2 CPU cores,
     # scored once at the end on their test outputs, so no checkpoint is chosen on them.
@@ -26,7 +27,7 @@ PRESETS = {
         "embed_dim": 128,
         "num_layers": 4,
         "num_heads": 2,
-        "batch_size": 64,
+        "batch_size": 32,  # twice the steps of 64 for the same samples (13 tasks against 11: within the noise)
         "num_augmentations": 8,
         "vote_augmentations": 8,
         "learning_rate": 1e-3,
@@ -36,6 +37,7 @@ PRESETS = {
         "eval_every_n_minutes": 0.0,
         "save_every_n_minutes": 5.0,
         "log_every_n_steps": 200,
+        "focus_fraction": 0.3,  # the last 30% on the 178 tasks' demonstrations (13 against 11: within the noise)
         "compile": False,
         # Pinned: bf16 and fp32 run this model at the same speed here, so the timed choice flipped from run
         # to run and made runs differ in more than the setting under test.
@@ -46,6 +48,9 @@ PRESETS = {
     # Kaggle: 7 of the notebook's 12 hours on its GPU, as the original script asked.
     "kaggle": {
         "target_runtime_hours": 7.0,
+        # The last 30% of the run (about two hours) on the evaluation and test tasks' demonstrations: in
+        # the scoring rerun, the hidden tasks. On the dev benchmark it never scored lower; see the README.
+        "focus_fraction": 0.3,
         "eval_every_n_minutes": 30.0,
         "save_every_n_minutes": 30.0,
     },

@@ -842,7 +842,7 @@ class Distributed:
             dist.all_reduce(tensor)
         return tensor
 
-    def sum_sparse_gradient(self, parameter):
+    def average_sparse_gradient(self, parameter):
         """Replace each process's sparse gradient of `parameter` by the mean over the processes."""
         if self.world_size == 1 or parameter.grad is None:
             return
@@ -977,7 +977,7 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
             scaler.scale(loss * scale * share).backward()
         total_loss = total_loss + loss.detach() * share * bool(scale)
         total_accuracy = total_accuracy + accuracy.detach() * share * bool(scale)
-    distributed.sum_sparse_gradient(sparse.param_groups[0]["params"][0])
+    distributed.average_sparse_gradient(sparse.param_groups[0]["params"][0])
     scaler.unscale_(dense)
     scaler.unscale_(sparse)
     norm = torch.nn.utils.clip_grad_norm_([p for g in dense.param_groups for p in g["params"]], config["grad_clip"])
