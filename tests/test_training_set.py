@@ -175,3 +175,16 @@ def test_a_focused_epoch_draws_the_evaluation_and_test_demonstrations_alone():
                 if training_set.task_splits[training_set.pair_task[p]] != "training"]
     assert sorted(pairs.tolist()) == held_out
     assert sum(len(t.train) for t in tasks["evaluation"]) == len(held_out)
+
+
+def test_the_dev_benchmark_as_a_hidden_run_holds_no_answer_at_all():
+    import dev_bench
+    hidden = dev_bench.benchmark_tasks(hidden=True)
+    assert hidden["evaluation"] == [] and len(hidden["test"]) == 178
+    assert all(t.test_outputs is None for t in hidden["test"])
+    answers = {(tf.grid_key(i), tf.grid_key(o)) for t in dev_bench.benchmark_tasks()["evaluation"]
+               for i, o in zip(t.test_inputs, t.test_outputs)}
+    for hold_out in (False, True):
+        training_set = tf.build_training_set(hidden, {**CONFIG, "hold_out_demos": hold_out})
+        pairs = {(tf.grid_key(i), tf.grid_key(o)) for i, o in zip(training_set.inputs, training_set.outputs)}
+        assert not answers & pairs
