@@ -1229,9 +1229,9 @@ ARC_COLOURS = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
 
 
 def save_figure(figure, path):
-    temporary = f"{path}.tmp{os.getpid()}.png"
+    temporary = f"{path}.tmp{os.getpid()}"  # the name every temporary has, so a killed run's is cleaned up
     try:
-        figure.savefig(temporary, dpi=100)
+        figure.savefig(temporary, dpi=100, format="png")
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
