@@ -1746,6 +1746,10 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
             print(f"best evaluation (step {best['step']}): pass@2 {summary['task_score']:.4f} on "
                   f"{summary['num_tasks']} tasks, written to {eval_path}")
 
+    def training_time_used():
+        """The fraction of the training part of the budget (all but the final predictions) used so far."""
+        return clock.used() / max(clock.budget - final_seconds(), 1e-9)
+
     def decide():
         """(why to stop or "", save now, evaluate now), as rank 0 sees it, on every process."""
         halt = 0
@@ -1768,8 +1772,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
             nonfinite_in_a_row = 0
             while state["epoch"] < config["epochs"] and ended == "all epochs done":
                 if state["batch"] == 0:  # a resumed epoch keeps the pairs it began with
-                    budget_used = clock.used() / max(clock.budget - final_seconds(), 1e-9)
-                    focus = config["focus_fraction"] > 0 and budget_used >= 1 - config["focus_fraction"]
+                    focus = config["focus_fraction"] > 0 and training_time_used() >= 1 - config["focus_fraction"]
                     focus = bool(distributed.agree([focus], device)[0])
                     if focus and not state["focus"]:
                         progress.write(f"epoch {state['epoch']}: the last {config['focus_fraction']:.0%} of the "
@@ -1790,8 +1793,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
                         break
                     step_start = time.perf_counter()
                     batch = make_batch(training_set, *batches[state["batch"]], config["canvas_size"])
-                    budget_used = clock.used() / max(clock.budget - final_seconds(), 1e-9)
-                    progress_fraction = max(state["step"] / total_steps, budget_used)
+                    progress_fraction = max(state["step"] / total_steps, training_time_used())
                     lr_factor = learning_rate_factor(state["step"], progress_fraction, config)
                     try:
                         loss, accuracy, finite = train_step(stepper, optimizers, scaler, batch,
