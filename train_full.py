@@ -52,6 +52,8 @@ CONFIG = {
     "num_heads": 4,              # attention heads (embed_dim must divide by it); 64 per head runs fastest
     "mlp_ratio": 4.0,            # SwiGLU hidden width, as a multiple of embed_dim (times 2/3)
     "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
+    "shared_task_embedding": False,  # add to each (task, augmentation) embedding one shared by all the task's
+                                 # augmentations, which then learns from every one of its pairs' examples
     "refinement_steps": 1,       # passes through the blocks, each starting from the last one's state, each with a loss
     # training
     "batch_size": 32,            # pairs per optimisation step (and canvases per prediction batch)
@@ -755,7 +757,7 @@ class Block(nn.Module):
 
 
 MODEL_KEYS = ("canvas_size", "embed_dim", "num_layers", "num_heads", "mlp_ratio", "num_prefix_tokens",
-              "num_augmentations")
+              "num_augmentations", "shared_task_embedding")
 
 
 class ARCTransformer(nn.Module):
@@ -763,9 +765,14 @@ class ARCTransformer(nn.Module):
         super().__init__()
         dim, self.num_prefix_tokens = config["embed_dim"], config["num_prefix_tokens"]
         self.refinement_steps = config["refinement_steps"]
+        # A task's rows lie together: one per augmentation, then with shared_task_embedding the shared one.
+        self.num_augmentations = config["num_augmentations"]
+        self.rows_per_task = self.num_augmentations + config["shared_task_embedding"]
         # Sparse: a batch touches a few hundred of the (task, augmentation) rows, and SparseAdam updates
         # only those instead of sweeping a table that can hold tens of millions of numbers.
-        self.task_embedding = nn.Embedding(num_embeddings, self.num_prefix_tokens * dim, sparse=True)
+        num_tasks = -(-num_embeddings // self.num_augmentations)  # num_embeddings is tasks x augmentations
+        self.task_embedding = nn.Embedding(num_tasks * self.rows_per_task,
+                                           self.num_prefix_tokens * dim, sparse=True)
         self.prefix_position = nn.Parameter(torch.randn(self.num_prefix_tokens, dim) * 0.02)
         self.token_embedding = nn.Embedding(VOCAB_SIZE, dim)
         self.row_embedding = nn.Embedding(config["canvas_size"], dim)
@@ -789,7 +796,11 @@ class ARCTransformer(nn.Module):
         batch, height, width = canvases.shape
         x = (self.token_embedding(canvases) + self.row_embedding.weight[:height, None]
              + self.column_embedding.weight[None, :width]).view(batch, height * width, -1)
-        prefix = self.task_embedding(embedding_ids).view(batch, self.num_prefix_tokens, -1) + self.prefix_position
+        task, augmentation = embedding_ids // self.num_augmentations, embedding_ids % self.num_augmentations
+        prefix = self.task_embedding(task * self.rows_per_task + augmentation)
+        if self.rows_per_task > self.num_augmentations:
+            prefix = prefix + self.task_embedding(task * self.rows_per_task + self.num_augmentations)
+        prefix = prefix.view(batch, self.num_prefix_tokens, -1) + self.prefix_position
         x = torch.cat([prefix.to(x.dtype), x], dim=1)
         # PAD cells are masked as keys: the grid's representation then does not depend on how much
         # padding the batch has, so a cut canvas predicts exactly what the full one does.
@@ -1437,7 +1448,7 @@ def warm_start(model, checkpoint, task_ids, config):
     known = {task_id: i for i, task_id in enumerate(checkpoint["task_ids"])}
     pairs = [(i, known[task_id]) for i, task_id in enumerate(task_ids) if task_id in known]
     if pairs:
-        n = config["num_augmentations"]
+        n = model.rows_per_task
         new, old = (torch.tensor(list(column)) for column in zip(*pairs))
         rows = (n * new[:, None] + torch.arange(n)).view(-1), (n * old[:, None] + torch.arange(n)).view(-1)
         with torch.no_grad():

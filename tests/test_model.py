@@ -159,3 +159,24 @@ def test_compiled_blocks_train_and_predict_like_eager_ones():
         losses.append((run, tokens))
     assert np.allclose(losses[0][0], losses[1][0], rtol=1e-4)
     assert np.array_equal(losses[0][1], losses[1][1])
+
+
+def test_a_shared_task_embedding_conditions_every_augmentation_of_its_task_and_learns_from_each():
+    config = {**CONFIG, "num_augmentations": 3, "shared_task_embedding": True}
+    torch.manual_seed(0)
+    model = tf.ARCTransformer(config, num_embeddings=6)  # 2 tasks x 3 augmentations, + 1 shared row each
+    assert model.task_embedding.weight.shape[0] == 8
+    canvases = torch.from_numpy(tf.encode_grids([np.eye(4, dtype=np.uint8)] * 6, (5, 5)).astype(np.int64))
+    ids = torch.arange(6)
+    with torch.no_grad():
+        before = model(canvases, ids)[-1]
+        model.task_embedding.weight[3].normal_()  # task 0's shared row
+        after = model(canvases, ids)[-1]
+    changed = [not torch.allclose(before[i], after[i]) for i in range(6)]
+    assert changed == [True, True, True, False, False, False]
+    model.task_embedding.weight.data.zero_()
+    optimizers = tf.make_optimizers(model, config)
+    tf.train_step(model, optimizers, torch.amp.GradScaler("cpu", enabled=False),
+                  (canvases[:1].numpy(), canvases[:1].numpy(), np.array([2])), 1.0, torch.device("cpu"), None, config)
+    touched = model.task_embedding.weight.abs().sum(dim=1) > 0
+    assert touched.tolist() == [False, False, True, True, False, False, False, False]
