@@ -72,6 +72,7 @@ CONFIG = {
     "epochs": 100000,            # passes over every training pair (each under a random augmentation); an upper
                                  # bound: the time budget normally ends the run first
     "target_runtime_hours": 7.0, # the whole run, start to last file written (0.05 is three minutes)
+    "ema_decay": 0.0,            # predict with an exponential moving average of the weights at this decay (0: off)
     "seed": 0,                   # seeds the model, the augmentation tables and the batch order
     # evaluation, checkpoints, logs
     "eval_every_n_epochs": 50,   # evaluate every this many epochs (0: never by epochs)
@@ -1582,6 +1583,8 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
               f"{len(training_set.task_ids)} tasks" + ("" if pretrained["config"]["seed"] == config["seed"] else
                                                        f" (it was trained with seed {pretrained['config']['seed']})"))
         del pretrained
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"])) if config["ema_decay"] else None
     if config["compile"]:
         # The blocks only: the sparse task embedding cannot be compiled. dynamic=True because every batch
         # has its own canvas size.
@@ -1642,7 +1645,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
         validate_submission(submission, test_tasks)
         write_json_atomic(submission_path, submission)
 
-    predictor = model_predictor(model, device, amp_dtype)
+    predictor = model_predictor(ema.module if ema is not None else model, device, amp_dtype)
     num_eval_predictions = config["vote_augmentations"] * sum(len(t.test_inputs) for t in evaluation)
     num_test_predictions = config["vote_augmentations"] * sum(len(t.test_inputs) for t in test_tasks)
     test_inputs = [grid for task in test_tasks + evaluation for grid in task.test_inputs]
@@ -1834,6 +1837,8 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
                         state["batch"] += 1
                         continue
                     nonfinite_in_a_row = 0
+                    if ema is not None:
+                        ema.update_parameters(model)
                     state["step"] += 1
                     state["batch"] += 1
                     interval["loss"] += loss
