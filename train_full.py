@@ -54,6 +54,7 @@ CONFIG = {
     "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
     "shared_task_embedding": False,  # add to each (task, augmentation) embedding one shared by all the task's
                                  # augmentations, which then learns from every one of its pairs' examples
+    "rotary_positions": False,   # also rotate queries and keys by each cell's row and column (2-D RoPE)
     "refinement_steps": 1,       # passes through the blocks, each starting from the last one's state, each with a loss
     # training
     "batch_size": 32,            # pairs per optimisation step (and canvases per prediction batch)
@@ -724,12 +725,31 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x, keep):
+    def forward(self, x, keep, rotary=None):
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         # scaled_dot_product_attention picks a fused kernel (flash / memory-efficient) where one exists.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+def rotary_angles(height, width, head_dim, num_prefix_tokens, device):
+    """(cos, sin) of shape (prefix + height * width, head_dim // 2): half the rotated pairs turn with the
+    cell's row, half with its column; prefix tokens do not turn."""
+    quarter = head_dim // 4
+    frequencies = 100.0 ** (-torch.arange(quarter, device=device) / quarter)  # grids are at most 30 cells
+    rows = torch.arange(height, device=device).repeat_interleave(width)
+    columns = torch.arange(width, device=device).repeat(height)
+    angles = torch.cat([rows[:, None] * frequencies, columns[:, None] * frequencies], dim=1)
+    angles = torch.cat([torch.zeros(num_prefix_tokens, 2 * quarter, device=device), angles])
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    first, second = x[..., :cos.shape[-1]], x[..., cos.shape[-1]:2 * cos.shape[-1]]
+    return torch.cat([first * cos - second * sin, first * sin + second * cos, x[..., 2 * cos.shape[-1]:]], dim=-1)
 
 
 class SwiGLU(nn.Module):
@@ -752,13 +772,13 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_ratio)
 
-    def forward(self, x, keep):
-        x = x + self.attention(self.attention_norm(x), keep)
+    def forward(self, x, keep, rotary=None):
+        x = x + self.attention(self.attention_norm(x), keep, rotary)
         return x + self.mlp(self.mlp_norm(x))
 
 
 MODEL_KEYS = ("canvas_size", "embed_dim", "num_layers", "num_heads", "mlp_ratio", "num_prefix_tokens",
-              "num_augmentations", "shared_task_embedding")
+              "num_augmentations", "shared_task_embedding", "rotary_positions")
 
 
 class ARCTransformer(nn.Module):
@@ -766,6 +786,7 @@ class ARCTransformer(nn.Module):
         super().__init__()
         dim, self.num_prefix_tokens = config["embed_dim"], config["num_prefix_tokens"]
         self.refinement_steps = config["refinement_steps"]
+        self.rotary_positions, self.head_dim = config["rotary_positions"], dim // config["num_heads"]
         # A task's rows lie together: one per augmentation, then with shared_task_embedding the shared one.
         self.num_augmentations = config["num_augmentations"]
         self.rows_per_task = self.num_augmentations + config["shared_task_embedding"]
@@ -807,11 +828,13 @@ class ARCTransformer(nn.Module):
         # padding the batch has, so a cut canvas predicts exactly what the full one does.
         keep = torch.cat([torch.ones(batch, self.num_prefix_tokens, dtype=torch.bool, device=x.device),
                           canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
+        rotary = (rotary_angles(height, width, self.head_dim, self.num_prefix_tokens, x.device)
+                  if self.rotary_positions else None)
         logits, state = [], 0
         for _ in range(self.refinement_steps):
             h = x + state
             for block in self.blocks:
-                h = block(h, keep)
+                h = block(h, keep, rotary)
             state = h.detach()
             logits.append(self.head(self.norm(h[:, self.num_prefix_tokens:])).view(batch, height, width, VOCAB_SIZE))
         return torch.stack(logits)
