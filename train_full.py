@@ -52,9 +52,6 @@ CONFIG = {
     "num_heads": 4,              # attention heads (embed_dim must divide by it); 64 per head runs fastest
     "mlp_ratio": 4.0,            # SwiGLU hidden width, as a multiple of embed_dim (times 2/3)
     "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
-    "shared_task_embedding": False,  # add to each (task, augmentation) embedding one shared by all the task's
-                                 # augmentations, which then learns from every one of its pairs' examples
-    "rotary_positions": False,   # also rotate queries and keys by each cell's row and column (2-D RoPE)
     "refinement_steps": 1,       # passes through the blocks, each starting from the last one's state, each with a loss
     # training
     "batch_size": 32,            # pairs per optimisation step (and canvases per prediction batch)
@@ -73,7 +70,6 @@ CONFIG = {
     "epochs": 100000,            # passes over every training pair (each under a random augmentation); an upper
                                  # bound: the time budget normally ends the run first
     "target_runtime_hours": 7.0, # the whole run, start to last file written (0.05 is three minutes)
-    "ema_decay": 0.0,            # predict with an exponential moving average of the weights at this decay (0: off)
     "seed": 0,                   # seeds the model, the augmentation tables and the batch order
     # evaluation, checkpoints, logs
     "eval_every_n_epochs": 50,   # evaluate every this many epochs (0: never by epochs)
@@ -725,31 +721,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x, keep, rotary=None):
+    def forward(self, x, keep):
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        if rotary is not None:
-            q, k = rotate(q, *rotary), rotate(k, *rotary)
         # scaled_dot_product_attention picks a fused kernel (flash / memory-efficient) where one exists.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
-
-
-def rotary_angles(height, width, head_dim, num_prefix_tokens, device):
-    """(cos, sin) of shape (prefix + height * width, head_dim // 2): half the rotated pairs turn with the
-    cell's row, half with its column; prefix tokens do not turn."""
-    quarter = head_dim // 4
-    frequencies = 100.0 ** (-torch.arange(quarter, device=device) / quarter)  # grids are at most 30 cells
-    rows = torch.arange(height, device=device).repeat_interleave(width)
-    columns = torch.arange(width, device=device).repeat(height)
-    angles = torch.cat([rows[:, None] * frequencies, columns[:, None] * frequencies], dim=1)
-    angles = torch.cat([torch.zeros(num_prefix_tokens, 2 * quarter, device=device), angles])
-    return angles.cos(), angles.sin()
-
-
-def rotate(x, cos, sin):
-    first, second = x[..., :cos.shape[-1]], x[..., cos.shape[-1]:2 * cos.shape[-1]]
-    return torch.cat([first * cos - second * sin, first * sin + second * cos, x[..., 2 * cos.shape[-1]:]], dim=-1)
 
 
 class SwiGLU(nn.Module):
@@ -772,13 +749,13 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_ratio)
 
-    def forward(self, x, keep, rotary=None):
-        x = x + self.attention(self.attention_norm(x), keep, rotary)
+    def forward(self, x, keep):
+        x = x + self.attention(self.attention_norm(x), keep)
         return x + self.mlp(self.mlp_norm(x))
 
 
 MODEL_KEYS = ("canvas_size", "embed_dim", "num_layers", "num_heads", "mlp_ratio", "num_prefix_tokens",
-              "num_augmentations", "shared_task_embedding", "rotary_positions")
+              "num_augmentations")
 
 
 class ARCTransformer(nn.Module):
@@ -786,15 +763,9 @@ class ARCTransformer(nn.Module):
         super().__init__()
         dim, self.num_prefix_tokens = config["embed_dim"], config["num_prefix_tokens"]
         self.refinement_steps = config["refinement_steps"]
-        self.rotary_positions, self.head_dim = config["rotary_positions"], dim // config["num_heads"]
-        # A task's rows lie together: one per augmentation, then with shared_task_embedding the shared one.
-        self.num_augmentations = config["num_augmentations"]
-        self.rows_per_task = self.num_augmentations + config["shared_task_embedding"]
         # Sparse: a batch touches a few hundred of the (task, augmentation) rows, and SparseAdam updates
         # only those instead of sweeping a table that can hold tens of millions of numbers.
-        num_tasks = -(-num_embeddings // self.num_augmentations)  # num_embeddings is tasks x augmentations
-        self.task_embedding = nn.Embedding(num_tasks * self.rows_per_task,
-                                           self.num_prefix_tokens * dim, sparse=True)
+        self.task_embedding = nn.Embedding(num_embeddings, self.num_prefix_tokens * dim, sparse=True)
         self.prefix_position = nn.Parameter(torch.randn(self.num_prefix_tokens, dim) * 0.02)
         self.token_embedding = nn.Embedding(VOCAB_SIZE, dim)
         self.row_embedding = nn.Embedding(config["canvas_size"], dim)
@@ -818,23 +789,17 @@ class ARCTransformer(nn.Module):
         batch, height, width = canvases.shape
         x = (self.token_embedding(canvases) + self.row_embedding.weight[:height, None]
              + self.column_embedding.weight[None, :width]).view(batch, height * width, -1)
-        task, augmentation = embedding_ids // self.num_augmentations, embedding_ids % self.num_augmentations
-        prefix = self.task_embedding(task * self.rows_per_task + augmentation)
-        if self.rows_per_task > self.num_augmentations:
-            prefix = prefix + self.task_embedding(task * self.rows_per_task + self.num_augmentations)
-        prefix = prefix.view(batch, self.num_prefix_tokens, -1) + self.prefix_position
+        prefix = self.task_embedding(embedding_ids).view(batch, self.num_prefix_tokens, -1) + self.prefix_position
         x = torch.cat([prefix.to(x.dtype), x], dim=1)
         # PAD cells are masked as keys: the grid's representation then does not depend on how much
         # padding the batch has, so a cut canvas predicts exactly what the full one does.
         keep = torch.cat([torch.ones(batch, self.num_prefix_tokens, dtype=torch.bool, device=x.device),
                           canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
-        rotary = (rotary_angles(height, width, self.head_dim, self.num_prefix_tokens, x.device)
-                  if self.rotary_positions else None)
         logits, state = [], 0
         for _ in range(self.refinement_steps):
             h = x + state
             for block in self.blocks:
-                h = block(h, keep, rotary)
+                h = block(h, keep)
             state = h.detach()
             logits.append(self.head(self.norm(h[:, self.num_prefix_tokens:])).view(batch, height, width, VOCAB_SIZE))
         return torch.stack(logits)
@@ -1472,7 +1437,7 @@ def warm_start(model, checkpoint, task_ids, config):
     known = {task_id: i for i, task_id in enumerate(checkpoint["task_ids"])}
     pairs = [(i, known[task_id]) for i, task_id in enumerate(task_ids) if task_id in known]
     if pairs:
-        n = model.rows_per_task
+        n = config["num_augmentations"]
         new, old = (torch.tensor(list(column)) for column in zip(*pairs))
         rows = (n * new[:, None] + torch.arange(n)).view(-1), (n * old[:, None] + torch.arange(n)).view(-1)
         with torch.no_grad():
@@ -1606,8 +1571,6 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
               f"{len(training_set.task_ids)} tasks" + ("" if pretrained["config"]["seed"] == config["seed"] else
                                                        f" (it was trained with seed {pretrained['config']['seed']})"))
         del pretrained
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"])) if config["ema_decay"] else None
     if config["compile"]:
         # The blocks only: the sparse task embedding cannot be compiled. dynamic=True because every batch
         # has its own canvas size.
@@ -1668,7 +1631,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
         validate_submission(submission, test_tasks)
         write_json_atomic(submission_path, submission)
 
-    predictor = model_predictor(ema.module if ema is not None else model, device, amp_dtype)
+    predictor = model_predictor(model, device, amp_dtype)
     num_eval_predictions = config["vote_augmentations"] * sum(len(t.test_inputs) for t in evaluation)
     num_test_predictions = config["vote_augmentations"] * sum(len(t.test_inputs) for t in test_tasks)
     test_inputs = [grid for task in test_tasks + evaluation for grid in task.test_inputs]
@@ -1860,8 +1823,6 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
                         state["batch"] += 1
                         continue
                     nonfinite_in_a_row = 0
-                    if ema is not None:
-                        ema.update_parameters(model)
                     state["step"] += 1
                     state["batch"] += 1
                     interval["loss"] += loss

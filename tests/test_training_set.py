@@ -139,10 +139,9 @@ def test_an_epoch_draws_every_pair_once_in_batches_of_similar_size(tmp_path):
     assert abs(len(pairs) / len(batches) - 32) < 12
 
 
-@pytest.mark.parametrize("wide", [False, True])
-def test_the_dev_benchmark_trains_on_no_benchmark_answer(wide):
+def test_the_dev_benchmark_trains_on_no_benchmark_answer():
     import dev_bench
-    tasks = dev_bench.benchmark_tasks(wide=wide)
+    tasks = dev_bench.benchmark_tasks()
     assert len(tasks["evaluation"]) == 178 and all(dev_bench.small(t) for t in tasks["evaluation"])
     benchmark_ids = {t.id for t in tasks["evaluation"]}
     assert not benchmark_ids & {t.id for t in tasks["training"]}
