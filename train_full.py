@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 # Run as a script, the time budget counts from here, before torch takes its seconds to import.
@@ -52,7 +52,6 @@ CONFIG = {
     "num_heads": 4,              # attention heads (embed_dim must divide by it); 64 per head runs fastest
     "mlp_ratio": 4.0,            # SwiGLU hidden width, as a multiple of embed_dim (times 2/3)
     "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
-    "refinement_steps": 1,       # passes through the blocks, each starting from the last one's state, each with a loss
     # training
     "batch_size": 32,            # pairs per optimisation step (and canvases per prediction batch)
     "learning_rate": 3e-4,       # peak AdamW learning rate of the transformer
@@ -61,8 +60,6 @@ CONFIG = {
     "warmup_steps": 200,         # linear warm-up, then cosine decay over the steps or the budget, whichever ends first
     "min_lr_ratio": 0.1,         # the decay ends at this fraction of the peak learning rates
     "grad_clip": 1.0,            # clip the transformer's gradient norm to this
-    "hold_out_demos": False,     # test tasks with no answers (Kaggle's hidden run) and 3+ demonstrations keep their
-                                 # last one out of training, to score the checkpoints on as evaluation
     "focus_fraction": 0.0,       # the last this fraction of the training budget trains on the evaluation and test
                                  # tasks' demonstrations alone (test-time emphasis); 0 never
     "max_nonfinite_steps": 5,    # non-finite steps in a row (each skipped) before rolling back to last.pt at half
@@ -74,7 +71,6 @@ CONFIG = {
     # evaluation, checkpoints, logs
     "eval_every_n_epochs": 50,   # evaluate every this many epochs (0: never by epochs)
     "eval_every_n_minutes": 30.0,  # and every this many minutes (0: never by time)
-    "early_stop_evaluations": 0, # end training when this many evaluations in a row did not beat the best (0: never)
     "log_every_n_steps": 50,     # one progress line / metrics.jsonl record per this many steps
     "checkpoint_dir": "checkpoints",  # last.pt (to resume) and best.pt (best evaluation) live here
     "save_every_n_minutes": 30.0,  # write last.pt this often; a crash loses at most this much training
@@ -85,9 +81,8 @@ CONFIG = {
                                  # /kaggle/working on Kaggle, else outputs/
     # hardware
     "device": "auto",            # auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...
-    "dtype": "auto",             # auto (bf16 on GPUs that have it, fp16 + scaler on others; on CPU bf16 where a
-                                 # timed training step runs at least 1.2x faster than fp32, else fp32),
-                                 # float32, bfloat16, float16
+    "dtype": "auto",             # auto (bf16 on GPUs that have it, fp16 + scaler on others; on CPU bf16 where it
+                                 # has AMX matrix units, else fp32), float32, bfloat16, float16
     "compile": True,             # torch.compile the transformer blocks: a minute of compiling for faster steps
 }
 
@@ -599,23 +594,11 @@ def grid_key(grid):
     return grid.shape, grid.tobytes()
 
 
-def validation_tasks(tasks, config):
-    """With hold_out_demos, each test task that has no answers in the evaluation split (Kaggle's hidden
-    tasks) and 3 or more demonstrations, as a task whose last demonstration is its one test pair: scored
-    beside the evaluation tasks, never trained on."""
-    if not config["hold_out_demos"]:
-        return []
-    answered = {task.id for task in tasks["evaluation"] if task.test_outputs is not None}
-    return [Task(t.id, "validation", t.train[:-1], [t.train[-1][0]], [t.train[-1][1]])
-            for t in tasks["test"] if t.id not in answered and len(t.train) >= 3]
-
-
 def build_training_set(tasks, config):
     """The TrainingSet for {split: [Task]}. Never holds an evaluation or test output: those tasks give only
     their demonstrations, and a training-split pair whose input is the test input of an evaluation or test
     task (the same task copied between splits, as ARC-AGI-2 training copies ARC-AGI-1 evaluation) is dropped."""
     held_out_ids = {task.id for split in ("evaluation", "test") for task in tasks[split]}
-    validation = {(t.id, grid_key(t.test_inputs[0]), grid_key(t.test_outputs[0])) for t in validation_tasks(tasks, config)}
     held_out_inputs = {grid_key(grid) for split in ("evaluation", "test")
                        for task in tasks[split] for grid in task.test_inputs}
     task_index = {}
@@ -635,8 +618,6 @@ def build_training_set(tasks, config):
             for grid_in, grid_out in pairs:
                 if split == "training" and grid_key(grid_in) in held_out_inputs:
                     num_dropped += 1
-                    continue
-                if (task.id, grid_key(grid_in), grid_key(grid_out)) in validation:
                     continue
                 key = (index, grid_key(grid_in), grid_key(grid_out))
                 if key in seen_pairs:  # the placeholder test split repeats the evaluation demonstrations
@@ -762,7 +743,6 @@ class ARCTransformer(nn.Module):
     def __init__(self, config, num_embeddings):
         super().__init__()
         dim, self.num_prefix_tokens = config["embed_dim"], config["num_prefix_tokens"]
-        self.refinement_steps = config["refinement_steps"]
         # Sparse: a batch touches a few hundred of the (task, augmentation) rows, and SparseAdam updates
         # only those instead of sweeping a table that can hold tens of millions of numbers.
         self.task_embedding = nn.Embedding(num_embeddings, self.num_prefix_tokens * dim, sparse=True)
@@ -783,9 +763,7 @@ class ARCTransformer(nn.Module):
         nn.init.zeros_(self.task_embedding.weight)
 
     def forward(self, canvases, embedding_ids):
-        """Logits (passes, B, H, W, VOCAB_SIZE) for the output canvas from input canvases (B, H, W): one set
-        per refinement pass, the last one the answer. Each pass starts from the embedded input plus the
-        state the previous pass ended in, detached, so a pass learns to improve on what it is given."""
+        """Logits (B, H, W, VOCAB_SIZE) for the output canvas from input canvases (B, H, W)."""
         batch, height, width = canvases.shape
         x = (self.token_embedding(canvases) + self.row_embedding.weight[:height, None]
              + self.column_embedding.weight[None, :width]).view(batch, height * width, -1)
@@ -795,14 +773,9 @@ class ARCTransformer(nn.Module):
         # padding the batch has, so a cut canvas predicts exactly what the full one does.
         keep = torch.cat([torch.ones(batch, self.num_prefix_tokens, dtype=torch.bool, device=x.device),
                           canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
-        logits, state = [], 0
-        for _ in range(self.refinement_steps):
-            h = x + state
-            for block in self.blocks:
-                h = block(h, keep)
-            state = h.detach()
-            logits.append(self.head(self.norm(h[:, self.num_prefix_tokens:])).view(batch, height, width, VOCAB_SIZE))
-        return torch.stack(logits)
+        for block in self.blocks:
+            x = block(x, keep)
+        return self.head(self.norm(x[:, self.num_prefix_tokens:])).view(batch, height, width, VOCAB_SIZE)
 
 
 # -----------------------------------------------------------------------------
@@ -893,19 +866,19 @@ def choose_device(config, distributed=SINGLE_PROCESS):
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def choose_precision(config, device, step_seconds):
-    """(autocast dtype or None for fp32, the reason), decided once per run. On CPU, `step_seconds(dtype)`
-    times real training steps: bf16 wins on CPUs with fast bf16 units and wide models, loses on small ones."""
+def choose_precision(config, device):
+    """(autocast dtype or None for fp32, the reason), by a rule that gives the same choice on the same
+    machine every time. On CPU, bf16 pays only where AMX matrix units multiply it: elsewhere (AVX-512 bf16
+    included) the conversions cost more than the narrower numbers save."""
     if config["dtype"] != "auto":
         return PRECISIONS[config["dtype"]], f"{config['dtype']} as configured"
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16, "bf16 autocast: the GPU supports bfloat16"
     if device.type == "cuda":
         return torch.float16, "fp16 autocast with a gradient scaler: the GPU has no bfloat16 (e.g. T4)"
-    speedup = step_seconds(None) / step_seconds(torch.bfloat16)
-    if speedup >= 1.2:
-        return torch.bfloat16, f"bf16 autocast: a training step here runs {speedup:.1f}x faster than in fp32"
-    return None, f"fp32: a training step in bf16 runs at only {speedup:.1f}x the fp32 speed here"
+    if device.type == "cpu" and torch.cpu.get_capabilities().get("amx_bf16"):
+        return torch.bfloat16, "bf16 autocast: the CPU has AMX bf16 matrix units"
+    return None, "fp32: the CPU has no AMX bf16 matrix units"
 
 
 def autocast(device, amp_dtype):
@@ -937,13 +910,10 @@ def learning_rate_factor(step, progress, config):
 
 
 def masked_loss_and_accuracy(logits, targets):
-    """Cross-entropy over non-PAD target cells, averaged over the refinement passes, and the fraction of
-    those cells the last pass predicts right (tensors)."""
+    """Cross-entropy over non-PAD target cells, and the fraction of those cells predicted right (tensors)."""
     counted = targets != PAD
-    passes = logits.shape[0]
-    loss = F.cross_entropy(logits.float().view(-1, VOCAB_SIZE), targets.repeat(passes, 1, 1).view(-1),
-                           ignore_index=PAD)
-    correct = (logits[-1].argmax(-1) == targets) & counted
+    loss = F.cross_entropy(logits.float().view(-1, VOCAB_SIZE), targets.view(-1), ignore_index=PAD)
+    correct = (logits.argmax(-1) == targets) & counted
     return loss, correct.sum() / counted.sum()
 
 
@@ -991,20 +961,6 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
     dense.zero_grad(set_to_none=True)
     sparse.zero_grad(set_to_none=True)
     return total_loss, total_accuracy, finite
-
-
-def training_step_seconds(config, training_set, device, amp_dtype):
-    """Median seconds of a few training steps of a throwaway model on the first batch of epoch 0."""
-    model = ARCTransformer(config, training_set.num_embeddings).to(device)
-    optimizers = make_optimizers(model, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    batch = make_batch(training_set, *epoch_batches(training_set, config, 0)[0], config["canvas_size"])
-    seconds = []
-    for _ in range(4):
-        start = time.perf_counter()
-        float(train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)[0])
-        seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds[1:]))  # the first step warms up
 
 
 # -----------------------------------------------------------------------------
@@ -1057,7 +1013,7 @@ def model_predictor(model, device, amp_dtype):
         model.eval()
         with autocast(device, amp_dtype):
             logits = model(torch.from_numpy(canvases.astype(np.int64)).to(device),
-                           torch.from_numpy(embedding_ids).to(device))[-1]
+                           torch.from_numpy(embedding_ids).to(device))
         best_log_prob, tokens = torch.log_softmax(logits.float(), dim=-1).max(dim=-1)
         tokens, best_log_prob = tokens.cpu().numpy(), best_log_prob.cpu().numpy()
         confidences = []
@@ -1191,20 +1147,27 @@ def validate_submission(submission, test_tasks):
                 check_plain_grid(entry[attempt], f"task {task_id}: test input {i}: {attempt}")
 
 
-def write_json_atomic(path, obj):
-    """Write JSON to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+def write_atomic(path, write):
+    """Every file of the run is written this way: `write(temporary)` fills a temporary file beside `path`,
+    which is flushed to disk and renamed over `path`, so a kill or a full disk mid-write leaves the
+    previous file whole. The temporary's name, path.tmp<pid>, lets a later run clean up a killed one's."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.tmp{os.getpid()}"
     try:
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(obj, f, separators=(",", ":"))
-            f.flush()
+        write(temporary)
+        with open(temporary, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_json_atomic(path, obj):
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(obj, f, separators=(",", ":"))
+    write_atomic(path, write)
 
 
 def eval_report(evaluation_tasks, votes):
@@ -1226,16 +1189,6 @@ def eval_report(evaluation_tasks, votes):
 # so a notebook's own figures and backend are left alone. Written atomically like every other output.
 ARC_COLOURS = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
                "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
-
-
-def save_figure(figure, path):
-    temporary = f"{path}.tmp{os.getpid()}"  # the name every temporary has, so a killed run's is cleaned up
-    try:
-        figure.savefig(temporary, dpi=100, format="png")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def plot_training_curves(metrics_path, path):
@@ -1261,7 +1214,7 @@ def plot_training_curves(metrics_path, path):
         ax.set_title(title)
         ax.set_xlabel("minutes")
         ax.grid(alpha=0.3)
-    save_figure(figure, path)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
     return True
 
 
@@ -1296,7 +1249,7 @@ def plot_eval_gallery(report, tasks, path, max_tasks=6):
             ax.set_title(title + (" - solved" if solved else ""), color="green" if solved else "black", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-    save_figure(figure, path)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
     return True
 
 
@@ -1307,39 +1260,46 @@ def resolve_output_dir(config):
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints. last.pt holds all a run needs to go on: model, optimizers, gradient scaler, loop state
-# (step, epoch, batch within the epoch, budget used, evaluation bookkeeping), torch RNG states, config and
-# the task vocabulary. best.pt holds the weights that scored best and their evaluation report. Both are
-# written to a temporary file and renamed, so a kill mid-write leaves the previous file whole. The
-# learning-rate schedule is a function of (step, budget used), both in the loop state.
+# Checkpoints. last.pt holds all a run needs to go on: model, optimizers, gradient scaler, the loop's
+# TrainState, torch RNG states, config and the task vocabulary; best.pt holds the weights that scored best
+# and their evaluation report. Both are written atomically, and every one (resume, warm start, roll-back,
+# best weights) is read back through load_checkpoint, which checks that it fits this run. The
+# learning-rate schedule is a function of (step, budget used), both in the TrainState.
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit this run; the message names the file."""
 
 
-def save_atomic(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(obj, temporary)
-        with open(temporary, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+@dataclass
+class TrainState:
+    """The training loop's state, in one place: what last.pt saves beside the weights and optimizers, so
+    that a resumed run goes on exactly where the stopped one was."""
+    step: int = 0                   # optimisation steps taken
+    epoch: int = 0                  # epochs done
+    batch: int = 0                  # batches of the current epoch done (or skipped)
+    focus: bool = False             # the current epoch holds the evaluation and test tasks' demonstrations alone
+    elapsed: float = 0.0            # budget seconds used when last.pt was written
+    best_score: list | None = None  # score_key of the best evaluation so far
+    last_eval_epoch: int = 0
+    last_eval_time: float = 0.0     # budget seconds used at the last evaluation
+    lr_scale: float = 1.0           # halved by each roll-back after non-finite steps
+    micro_batches: int = 1          # parts each batch runs in; doubled by each out-of-memory error
+    nonfinite_steps: int = 0        # steps skipped for a non-finite loss or gradient, in all
+    nonfinite_in_a_row: int = 0     # and in a row now
+    dtype: str = "float32"          # the precision the run began in, which a resumed run keeps
 
 
 def save_checkpoint(path, model, optimizers, scaler, state, config, task_ids):
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    save_atomic({"model": model.state_dict(), "dense_optimizer": optimizers[0].state_dict(),
-                 "sparse_optimizer": optimizers[1].state_dict(), "scaler": scaler.state_dict(),
-                 "state": dict(state), "rng": rng, "config": dict(config), "task_ids": list(task_ids)}, path)
+    checkpoint = {"model": model.state_dict(), "dense_optimizer": optimizers[0].state_dict(),
+                  "sparse_optimizer": optimizers[1].state_dict(), "scaler": scaler.state_dict(),
+                  "state": asdict(state), "rng": rng, "config": dict(config), "task_ids": list(task_ids)}
+    write_atomic(path, lambda temporary: torch.save(checkpoint, temporary))
     # A few lines a person can read without loading torch.
-    write_json_atomic(path[:-len(".pt")] + ".json", {key: state[key] for key in ("step", "epoch", "elapsed",
-                                                                                 "best_score")})
+    write_json_atomic(path[:-len(".pt")] + ".json", {"step": state.step, "epoch": state.epoch,
+                                                     "elapsed": state.elapsed, "best_score": state.best_score})
 
 
 def load_checkpoint(path, config, task_ids=None):
@@ -1446,7 +1406,8 @@ def warm_start(model, checkpoint, task_ids, config):
 
 
 def restore_checkpoint(checkpoint, model, optimizers, scaler):
-    """Put a loaded checkpoint's weights, optimizer, scaler and RNG states back; return its loop state."""
+    """Put a loaded last.pt's weights, optimizers, scaler and RNG states back; return its TrainState (less
+    any field an older version of this file saved and this one no longer has)."""
     model.load_state_dict(checkpoint["model"])
     optimizers[0].load_state_dict(checkpoint["dense_optimizer"])
     optimizers[1].load_state_dict(checkpoint["sparse_optimizer"])
@@ -1454,12 +1415,15 @@ def restore_checkpoint(checkpoint, model, optimizers, scaler):
     torch.set_rng_state(checkpoint["rng"]["torch"])
     if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-    return checkpoint["state"]
+    known = {field.name for field in fields(TrainState)}
+    return TrainState(**{key: value for key, value in checkpoint["state"].items() if key in known})
 
 
 # -----------------------------------------------------------------------------
 # The run: a time budget for the whole job, training until only the time the final evaluation and test
-# prediction need is left, periodic evaluation, checkpoints, logs.
+# prediction need is left, with evaluations, checkpoints and logs on the way. What the loop works with is
+# built once (a Run); what it changes is one TrainState (saved in last.pt) and the measured Costs; each
+# thing it does is a function of those.
 
 class Clock:
     """Seconds of the budget used: those recorded by earlier processes of this run plus this process's."""
@@ -1468,6 +1432,25 @@ class Clock:
 
     def used(self):
         return self.used_before + time.perf_counter() - self.start
+
+
+@dataclass
+class Costs:
+    """Seconds the end of the run needs, measured as the run goes, so that training stops in time for it."""
+    prediction: float        # one prediction (a test input under one augmentation); every evaluation refines it
+    num_predictions: int     # those the final evaluation and the test prediction make
+    save: float = 0.0        # writing last.pt
+    draw: float = 0.0        # drawing the pictures
+    step: float = 0.0        # the last training step
+
+    def final_seconds(self):
+        """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
+        return 1.25 * self.prediction * self.num_predictions + self.save + self.draw + 2.0
+
+
+def training_fraction_used(clock, costs):
+    """The fraction of the training part of the budget (all but the end of the run) used so far."""
+    return clock.used() / max(clock.budget - costs.final_seconds(), 1e-9)
 
 
 class Progress:
@@ -1497,7 +1480,7 @@ class StopSignals:
     training at the next step boundary instead of in the middle of an update; a second SIGINT interrupts
     at once. Signal handlers exist only in the main thread; elsewhere this does nothing."""
     def __init__(self):
-        self.received, self.previous = None, {}
+        self.received, self.previous = "", {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -1526,9 +1509,15 @@ def score_key(summary):
     return [summary["task_score"], summary["output_score"], summary["shape_accuracy"], summary["pixel_accuracy"]]
 
 
+def num_predictions(tasks, config):
+    return config["vote_augmentations"] * sum(len(task.test_inputs) for task in tasks)
+
+
 def seconds_per_prediction(predictor, test_inputs, config):
     """Seconds to predict one test input on the full canvas, timed on a batch of real test inputs after a
     warm-up batch; refined by every evaluation."""
+    if not test_inputs:
+        return 0.0
     side = config["canvas_size"]
     grids = [test_inputs[i % len(test_inputs)] for i in range(config["batch_size"])]
     canvases = encode_grids(grids, (side, side))
@@ -1539,344 +1528,415 @@ def seconds_per_prediction(predictor, test_inputs, config):
     return (time.perf_counter() - start) / len(grids)
 
 
-STOP_REASONS = ("", "SIGINT", "SIGTERM", "early stop", "time budget")  # what ends training early, by number
+class RunPaths(NamedTuple):
+    last: str            # checkpoint_dir/last.pt, to resume
+    best: str            # checkpoint_dir/best.pt, the best evaluation's weights
+    metrics: str         # output_dir/metrics.jsonl
+    submission: str      # output_dir/submission.json
+    evaluation: str      # output_dir/eval_predictions.json
+    curves: str          # output_dir/training_curves.png
+    gallery: str         # output_dir/eval_gallery.png
 
 
-def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PROCESS):
-    """Train within the budget, evaluate, checkpoint, then write submission.json and eval_predictions.json.
-    Under torchrun every process trains and predicts; rank 0 alone writes files."""
+def run_paths(config, output_dir):
+    outputs = ("metrics.jsonl", "submission.json", "eval_predictions.json", "training_curves.png", "eval_gallery.png")
+    return RunPaths(os.path.join(config["checkpoint_dir"], "last.pt"), os.path.join(config["checkpoint_dir"], "best.pt"),
+                    *(os.path.join(output_dir, name) for name in outputs))
+
+
+@dataclass
+class Run:
+    """What the training loop works with, built once by start_run and not changed after."""
+    config: dict
+    training_set: TrainingSet
+    evaluation: list          # the evaluation tasks that have answers: scored as the run goes
+    test_tasks: list
+    paths: RunPaths
+    distributed: Distributed
+    device: torch.device
+    amp_dtype: object         # the autocast dtype, None for fp32
+    model: ARCTransformer
+    stepper: nn.Module        # what train_step runs: the model, or under torchrun its DistributedDataParallel wrapper
+    optimizers: tuple         # (AdamW for the transformer, SparseAdam for the task embeddings)
+    scaler: torch.amp.GradScaler
+
+
+def record(run, entry):
+    if run.distributed.is_main:
+        append_metrics(run.paths.metrics, entry)
+
+
+def prepare_model(model, config, device, distributed):
+    """The model to step: its blocks compiled if asked, wrapped for DistributedDataParallel under torchrun."""
+    if config["compile"]:
+        # The blocks only: the sparse task embedding cannot be compiled. dynamic=True because every batch
+        # has its own canvas size.
+        for block in model.blocks:
+            block.compile(dynamic=True)
+    if distributed.world_size == 1:
+        return model
+    # The sparse task embedding is left out of its gradient averaging (NCCL cannot reduce sparse tensors);
+    # train_step gathers those gradients itself.
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["task_embedding.weight"])
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def start_run(config, tasks, training_set, output_dir, clock, distributed):
+    """(Run, TrainState): device, precision, model and optimizers, and the loop state: from last.pt when
+    resuming (the clock then goes on from its budget used), else fresh, from init_from's weights if given."""
     device = choose_device(config, distributed)
-    main_process = distributed.is_main
-    checkpoint_dir = config["checkpoint_dir"]
-    last_path, best_path = os.path.join(checkpoint_dir, "last.pt"), os.path.join(checkpoint_dir, "best.pt")
-    checkpoint = None
-    if config["resume"] and os.path.exists(last_path):
-        checkpoint = load_checkpoint(last_path, config, training_set.task_ids)
-    pretrained = None
-    if config["init_from"] and checkpoint is None:
-        pretrained = load_checkpoint(config["init_from"], config)
-    if checkpoint and config["dtype"] == "auto":  # a resumed run goes on as it began, so its numbers match
-        amp_dtype = PRECISIONS[checkpoint["state"]["dtype"]]
-        precision = f"{checkpoint['state']['dtype']}, as the run began"
+    paths = run_paths(config, output_dir)
+    resumed = None
+    if config["resume"] and os.path.exists(paths.last):
+        resumed = load_checkpoint(paths.last, config, training_set.task_ids)
+    pretrained = load_checkpoint(config["init_from"], config) if config["init_from"] and resumed is None else None
+    if resumed and config["dtype"] == "auto":  # a resumed run goes on as it began, so its numbers match
+        amp_dtype, precision = PRECISIONS[resumed["state"]["dtype"]], f"{resumed['state']['dtype']}, as the run began"
     else:
-        amp_dtype, precision = choose_precision(
-            config, device, lambda dtype: training_step_seconds(config, training_set, device, dtype))
-        choice = list(PRECISIONS.values()).index(amp_dtype)  # timed on each process: rank 0's choice is everyone's
-        amp_dtype = list(PRECISIONS.values())[distributed.agree([choice], device)[0]]
-    torch.manual_seed(config["seed"])  # after the timing steps, so the model starts the same either way
+        amp_dtype, precision = choose_precision(config, device)
+    torch.manual_seed(config["seed"])
     model = ARCTransformer(config, training_set.num_embeddings).to(device)
     if pretrained is not None:
         kept = warm_start(model, pretrained, training_set.task_ids, config)
         print(f"warm start from {config['init_from']}: its weights, and the embeddings of {kept} of this run's "
               f"{len(training_set.task_ids)} tasks" + ("" if pretrained["config"]["seed"] == config["seed"] else
                                                        f" (it was trained with seed {pretrained['config']['seed']})"))
-        del pretrained
-    if config["compile"]:
-        # The blocks only: the sparse task embedding cannot be compiled. dynamic=True because every batch
-        # has its own canvas size.
-        for block in model.blocks:
-            block.compile(dynamic=True)
-    stepper = model  # what train_step runs: under torchrun, a DistributedDataParallel wrapper of the model
-    if distributed.world_size > 1:
-        # The sparse task embedding is left out of its gradient averaging (NCCL cannot reduce sparse
-        # tensors); train_step gathers those gradients itself.
-        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["task_embedding.weight"])
-        stepper = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    stepper = prepare_model(model, config, device, distributed)
     optimizers = make_optimizers(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     num_parameters = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
     print(f"model: {num_parameters:,} parameters + {model.task_embedding.weight.numel():,} in task embeddings | "
           f"device {device} | {precision}" + (" | compiled" if config["compile"] else "")
           + (f" | {distributed.world_size} processes" if distributed.world_size > 1 else ""))
-
-    if main_process:
-        for folder in (checkpoint_dir, output_dir):
-            remove_stale_temporaries(folder)
-    metrics_path = os.path.join(output_dir, "metrics.jsonl")
-    submission_path = os.path.join(output_dir, "submission.json")
-    eval_path = os.path.join(output_dir, "eval_predictions.json")
-    curves_path, gallery_path = os.path.join(output_dir, "training_curves.png"), os.path.join(output_dir, "eval_gallery.png")
-
-    def record(entry):
-        if main_process:
-            append_metrics(metrics_path, entry)
-    state = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "best_score": None,
-             "last_eval_epoch": 0, "last_eval_time": 0.0, "lr_scale": 1.0, "micro_batches": 1, "nonfinite_steps": 0, "focus": False,
-             "evaluations_since_best": 0,
-             "dtype": next(name for name, dtype in PRECISIONS.items() if dtype == amp_dtype)}
-    if checkpoint:
-        state.update(restore_checkpoint(checkpoint, model, optimizers, scaler))
-        clock.used_before = state["elapsed"]
-        print(f"resumed from {last_path}: step {state['step']}, epoch {state['epoch']}, "
-              f"{state['elapsed']:.0f}s of the budget used")
+    state = TrainState(dtype=next(name for name, dtype in PRECISIONS.items() if dtype == amp_dtype))
+    if resumed:
+        state = restore_checkpoint(resumed, model, optimizers, scaler)
+        clock.used_before = state.elapsed
+        print(f"resumed from {paths.last}: step {state.step}, epoch {state.epoch}, "
+              f"{state.elapsed:.0f}s of the budget used")
     elif config["resume"]:
-        print(f"resume: no {last_path} yet, starting fresh")
-    elif os.path.exists(last_path):
-        print(f"note: starting fresh; {last_path} from an earlier run is replaced at this run's first save "
+        print(f"resume: no {paths.last} yet, starting fresh")
+    elif os.path.exists(paths.last):
+        print(f"note: starting fresh; {paths.last} from an earlier run is replaced at this run's first save "
               "(--resume=True continues it instead)")
-    record({"kind": "start", "resumed": state["step"] > 0, "torch": torch.__version__, "device": str(device),
-            "processes": distributed.world_size, "precision": precision, "config": config})
-
-    test_tasks = tasks["test"]
     evaluation = [task for task in tasks["evaluation"] if task.test_outputs is not None]
-    validation = validation_tasks(tasks, config)
-    if validation:
-        print(f"validation: the last demonstration of {len(validation)} test tasks without answers is held out "
-              "of training and scored with the evaluation")
-    evaluation += validation
-    if not evaluation:
-        print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
-    if main_process and not os.path.exists(submission_path):  # a valid file on disk from the start, whatever happens
-        submission, _ = make_submission(test_tasks, {})
-        validate_submission(submission, test_tasks)
-        write_json_atomic(submission_path, submission)
+    run = Run(config, training_set, evaluation, tasks["test"], paths, distributed, device, amp_dtype, model, stepper,
+              optimizers, scaler)
+    record(run, {"kind": "start", "resumed": state.step > 0, "torch": torch.__version__, "device": str(device),
+                 "processes": distributed.world_size, "precision": precision, "config": config})
+    return run, state
 
-    predictor = model_predictor(model, device, amp_dtype)
-    num_eval_predictions = config["vote_augmentations"] * sum(len(t.test_inputs) for t in evaluation)
-    num_test_predictions = config["vote_augmentations"] * sum(len(t.test_inputs) for t in test_tasks)
-    test_inputs = [grid for task in test_tasks + evaluation for grid in task.test_inputs]
-    timing = {"prediction": seconds_per_prediction(predictor, test_inputs, config) if test_inputs else 0.0,
-              "save": 0.0, "step": 0.0, "draw": 0.0}
 
-    def final_seconds():
-        """The time the end needs: last.pt, a final evaluation, the test prediction, the pictures, a margin."""
-        predictions = num_eval_predictions + num_test_predictions
-        return 1.25 * timing["prediction"] * predictions + timing["save"] + timing["draw"] + 2.0
+class EpochBatches:
+    """The run's batches in order, epoch after epoch, read at the place a TrainState holds: this owns the
+    epoch rollover and the focus switch. An epoch's batches follow from (seed, epoch, focus) alone, so a
+    resumed run replays the ones it stopped in."""
+    def __init__(self, training_set, config):
+        self.training_set, self.config = training_set, config
+        self.key, self.batches = None, []
 
-    def save_last():
-        start = time.perf_counter()
-        state["elapsed"] = clock.used()
+    def of_epoch(self, state):
+        if self.key != (state.epoch, state.focus):
+            self.key = (state.epoch, state.focus)
+            self.batches = epoch_batches(self.training_set, self.config, state.epoch, state.focus)
+        return self.batches
+
+    def next(self, state, focus):
+        """The arrays of the batch at the state's place. An epoch takes `focus` when it begins, and keeps it."""
+        if state.batch == 0:
+            state.focus = focus
+        pairs, augmentations = self.of_epoch(state)[state.batch]
+        return make_batch(self.training_set, pairs, augmentations, self.config["canvas_size"])
+
+    def advance(self, state):
+        state.batch += 1
+        if state.batch == len(self.of_epoch(state)):
+            state.epoch, state.batch = state.epoch + 1, 0
+
+    def epochs_done(self, state):
+        return state.epoch + state.batch / len(self.of_epoch(state))
+
+
+STOP_REASONS = ("", "SIGINT", "SIGTERM", "time budget")  # what ends training before its epochs, by number
+
+
+class Decision(NamedTuple):
+    stop: str          # why training ends now (one of STOP_REASONS), or ""
+    save: bool         # write last.pt now
+    evaluate: bool     # evaluate now
+    focus: bool        # the next epoch to begin trains on the evaluation and test tasks alone
+
+
+def decide(run, state, clock, costs, signal_received):
+    """What to do before the next step, as rank 0 sees it, agreed by every process in one exchange: the
+    clocks of several processes differ, and they must all take the same path."""
+    config, used = run.config, clock.used()
+    stop = signal_received or ("time budget" if used + costs.final_seconds() + 2 * costs.step > clock.budget else "")
+    save = used - state.elapsed >= 60 * config["save_every_n_minutes"]
+    due = ((config["eval_every_n_minutes"] > 0 and used - state.last_eval_time >= 60 * config["eval_every_n_minutes"])
+           or (config["eval_every_n_epochs"] > 0 and state.epoch - state.last_eval_epoch >= config["eval_every_n_epochs"]))
+    evaluate = bool(run.evaluation) and due and used + 2 * costs.final_seconds() < clock.budget
+    focus = config["focus_fraction"] > 0 and training_fraction_used(clock, costs) >= 1 - config["focus_fraction"]
+    stop, save, evaluate, focus = run.distributed.agree([STOP_REASONS.index(stop), save, evaluate, focus], run.device)
+    return Decision(STOP_REASONS[stop], bool(save), bool(evaluate), bool(focus))
+
+
+def save_last(run, state, clock, costs):
+    """Write last.pt (rank 0). A failed write (a full disk) leaves the previous one whole; training goes on."""
+    start = time.perf_counter()
+    state.elapsed = clock.used()
+    if run.distributed.is_main:
         try:
-            if main_process:
-                save_checkpoint(last_path, model, optimizers, scaler, state, config, training_set.task_ids)
-        except OSError as error:  # a full disk: the previous last.pt is untouched, so training goes on
-            print(f"warning: {last_path} not updated at step {state['step']} ({error}); the previous one is intact")
-        timing["save"] = time.perf_counter() - start
+            save_checkpoint(run.paths.last, run.model, run.optimizers, run.scaler, state, run.config,
+                            run.training_set.task_ids)
+        except OSError as error:
+            print(f"warning: {run.paths.last} not updated at step {state.step} ({error}); the previous one is intact")
+    costs.save = time.perf_counter() - start
 
-    def roll_back():
-        """Back to last.pt's weights and place in the data (or on from here without one), at half the rate."""
-        state["lr_scale"] *= 0.5
-        if os.path.exists(last_path):
-            restored = restore_checkpoint(torch.load(last_path, map_location="cpu", weights_only=True),
-                                          model, optimizers, scaler)
-            state.update({key: restored[key] for key in ("step", "epoch", "batch")})
-        progress.write(f"{config['max_nonfinite_steps']} non-finite steps in a row: rolled back to step "
-                       f"{state['step']} ({last_path if os.path.exists(last_path) else 'no checkpoint yet'}) "
-                       f"with the learning rate scaled by {state['lr_scale']:g}")
-        record({"kind": "rollback", "step": state["step"], "elapsed": round(clock.used(), 2),
-                "lr_scale": state["lr_scale"], "nonfinite_steps": state["nonfinite_steps"]})
 
-    def draw(report=None):
-        """Refresh the pictures; a failure to draw is reported and never stops the run."""
-        start = time.perf_counter()
+def draw_pictures(run, costs, progress, report=None):
+    """Refresh the training curves, and the gallery when given a new best report. A failure to draw is
+    reported and never stops the run. Returns whether the curves were drawn."""
+    start = time.perf_counter()
+    try:
+        drawn = plot_training_curves(run.paths.metrics, run.paths.curves)
+        if report is not None:
+            plot_eval_gallery(report, run.evaluation, run.paths.gallery)
+    except Exception as error:
+        progress.write(f"warning: pictures not drawn ({type(error).__name__}: {error})")
+        return False
+    costs.draw = time.perf_counter() - start
+    return drawn
+
+
+def evaluate(run, state, clock, costs, kind, progress):
+    """Predict and score the evaluation tasks. A new best score writes best.pt, eval_predictions.json and
+    the gallery (rank 0); if best.pt cannot be written, the score does not count as the best."""
+    start = time.perf_counter()
+    predictor = model_predictor(run.model, run.device, run.amp_dtype)
+    report = eval_report(run.evaluation, predict_tasks(run.evaluation, run.training_set, predictor, run.config))
+    costs.prediction = (time.perf_counter() - start) / max(num_predictions(run.evaluation, run.config), 1)
+    summary = report["summary"]
+    improved = state.best_score is None or score_key(summary) > state.best_score
+    if improved and run.distributed.is_main:
         try:
-            drawn = plot_training_curves(metrics_path, curves_path)
-            if report is not None:
-                plot_eval_gallery(report, evaluation, gallery_path)
-            timing["draw"] = time.perf_counter() - start  # the last drawing comes after the submission
-            return drawn
-        except Exception as error:
-            progress.write(f"warning: pictures not drawn ({type(error).__name__}: {error})")
-            return False
+            best = {"model": run.model.state_dict(), "report": report, "config": dict(run.config),
+                    "task_ids": list(run.training_set.task_ids), "step": state.step}
+            write_atomic(run.paths.best, lambda temporary: torch.save(best, temporary))
+            write_json_atomic(run.paths.evaluation, report)
+        except OSError as error:
+            improved = False
+            print(f"warning: {run.paths.best} not updated at step {state.step} ({error}); the previous one is intact")
+    improved = bool(run.distributed.agree([improved], run.device)[0])
+    if improved:
+        state.best_score = score_key(summary)
+    state.last_eval_epoch, state.last_eval_time = state.epoch, clock.used()
+    record(run, {"kind": kind, "step": state.step, "epoch": state.epoch, "elapsed": round(clock.used(), 2),
+                 **summary, "best": improved})
+    progress.write(f"{kind} at step {state.step}: pass@2 {summary['task_score']:.4f} "
+                   f"({summary['tasks_solved']}/{summary['num_tasks']} tasks, {summary['output_score']:.4f} of "
+                   f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
+                   + (" | new best" if improved else ""))
+    if run.distributed.is_main:
+        draw_pictures(run, costs, progress, report if improved else None)
 
-    def evaluate(kind):
-        start = time.perf_counter()
-        report = eval_report(evaluation, predict_tasks(evaluation, training_set, predictor, config))
-        timing["prediction"] = (time.perf_counter() - start) / max(num_eval_predictions, 1)
-        summary = report["summary"]
-        improved = state["best_score"] is None or score_key(summary) > state["best_score"]
-        if improved and main_process:
-            try:
-                save_atomic({"model": model.state_dict(), "report": report, "config": dict(config),
-                             "task_ids": list(training_set.task_ids), "step": state["step"]}, best_path)
-                write_json_atomic(eval_path, report)
-            except OSError as error:
-                improved = False
-                print(f"warning: {best_path} not updated at step {state['step']} ({error}); the previous one is intact")
-        improved = bool(distributed.agree([improved], device)[0])  # whether rank 0 could write best.pt
-        if improved:
-            state["best_score"] = score_key(summary)
-        state["last_eval_epoch"], state["last_eval_time"] = state["epoch"], clock.used()
-        state["evaluations_since_best"] = 0 if improved else state["evaluations_since_best"] + 1
-        record({"kind": kind, "step": state["step"], "epoch": state["epoch"], "elapsed": round(clock.used(), 2),
-                **summary, "best": improved})
-        progress.write(f"{kind} at step {state['step']}: pass@2 {summary['task_score']:.4f} "
-                       f"({summary['tasks_solved']}/{summary['num_tasks']} tasks, {summary['output_score']:.4f} of "
-                       f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
-                       + (" | new best" if improved else ""))
+
+def save_submission(path, test_tasks, votes):
+    """Write submission.json from the votes (fallback answers where there are none), checked first.
+    Returns how many test inputs the fallback answered."""
+    submission, num_fallback = make_submission(test_tasks, votes)
+    validate_submission(submission, test_tasks)
+    write_json_atomic(path, submission)
+    return num_fallback
+
+
+def write_submission(run, clock, weights):
+    """Predict the test tasks with the "best" weights (best.pt) or the "last" ones and write submission.json."""
+    best = load_checkpoint(run.paths.best, run.config, run.training_set.task_ids) if weights == "best" else None
+    if best is not None:
+        run.model.load_state_dict(best["model"])
+    votes = predict_tasks(run.test_tasks, run.training_set, model_predictor(run.model, run.device, run.amp_dtype),
+                          run.config)
+    num_fallback = save_submission(run.paths.submission, run.test_tasks, votes)
+    print(f"submission: {len(run.test_tasks)} tasks, {sum(len(t.test_inputs) for t in run.test_tasks)} test "
+          f"inputs, {num_fallback} answered by fallback, from the {weights} weights, written to "
+          f"{run.paths.submission} at {clock.used():.0f}s of {clock.budget:.0f}s")
+    if best is not None:
+        summary = best["report"]["summary"]
+        print(f"best evaluation (step {best['step']}): pass@2 {summary['task_score']:.4f} on "
+              f"{summary['num_tasks']} tasks, written to {run.paths.evaluation}")
+
+
+class Interval:
+    """Sums over the steps since the last log line, kept as device tensors until that line reads them."""
+    def __init__(self):
+        self.loss = self.accuracy = 0.0
+        self.steps = self.samples = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss, accuracy, samples):
+        self.loss, self.accuracy = self.loss + loss, self.accuracy + accuracy
+        self.steps, self.samples = self.steps + 1, self.samples + samples
+
+
+def log_interval(run, state, clock, interval, learning_rate, epochs_done, progress):
+    """One metrics.jsonl record and progress line for the interval; the interval's one host-device sync.
+    Under torchrun each process holds its part of every batch's figures, which add up over them."""
+    loss, accuracy = (float(run.distributed.sum(total)) / interval.steps for total in (interval.loss, interval.accuracy))
+    line = {"kind": "train", "step": state.step, "epoch": round(epochs_done, 3), "elapsed": round(clock.used(), 2),
+            "loss": round(loss, 5), "accuracy": round(accuracy, 5), "learning_rate": float(f"{learning_rate:.4g}"),
+            "samples_per_s": round(interval.samples / (time.perf_counter() - interval.start), 1)}
+    record(run, line)
+    progress.update(clock, {"step": line["step"], "epoch": line["epoch"], "loss": line["loss"],
+                            "acc": line["accuracy"], "lr": f"{line['learning_rate']:.2e}",
+                            "samples/s": line["samples_per_s"]})
+
+
+def split_after_out_of_memory(run, state, batch_size, progress):
+    """Run each batch in twice as many micro-batches from now on. Returns False where that cannot help: a
+    batch already split to single pairs, or under torchrun, where one process alone would change its way
+    of stepping."""
+    if state.micro_batches >= batch_size or run.distributed.world_size > 1:
+        return False
+    for optimizer in run.optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    state.micro_batches *= 2
+    progress.write(f"out of memory at step {state.step}: each batch now runs as {state.micro_batches} "
+                   "micro-batches with gradient accumulation")
+    return True
+
+
+def skip_nonfinite_step(run, state, clock, progress):
+    """Count a step whose update was skipped for a non-finite loss or gradient. After max_nonfinite_steps in
+    a row, go back to last.pt's weights and place in the data (or on from here without one) at half the
+    learning rate. Returns whether it rolled back."""
+    state.nonfinite_steps += 1
+    state.nonfinite_in_a_row += 1
+    progress.write(f"step {state.step}: loss or gradients not finite, update skipped ({state.nonfinite_steps} so far)")
+    if state.nonfinite_in_a_row < run.config["max_nonfinite_steps"]:
+        return False
+    state.lr_scale *= 0.5
+    state.nonfinite_in_a_row = 0
+    if os.path.exists(run.paths.last):
+        saved = restore_checkpoint(load_checkpoint(run.paths.last, run.config, run.training_set.task_ids),
+                                   run.model, run.optimizers, run.scaler)
+        state.step, state.epoch, state.batch, state.focus = saved.step, saved.epoch, saved.batch, saved.focus
+    progress.write(f"{run.config['max_nonfinite_steps']} non-finite steps in a row: rolled back to step {state.step} "
+                   f"({run.paths.last if os.path.exists(run.paths.last) else 'no checkpoint yet'}) with the "
+                   f"learning rate scaled by {state.lr_scale:g}")
+    record(run, {"kind": "rollback", "step": state.step, "elapsed": round(clock.used(), 2),
+                 "lr_scale": state.lr_scale, "nonfinite_steps": state.nonfinite_steps})
+    return True
+
+
+def training_loop(run, state, clock, costs, stop_signals, progress):
+    """Train until the epochs are done or a stop is decided; returns why training ended."""
+    config = run.config
+    batches = EpochBatches(run.training_set, config)
+    total_steps = config["epochs"] * len(epoch_batches(run.training_set, config, 0))
+    interval = Interval()
+    while state.epoch < config["epochs"]:
+        decision = decide(run, state, clock, costs, stop_signals.received)
+        if decision.save:
+            save_last(run, state, clock, costs)
+        if decision.evaluate:
+            evaluate(run, state, clock, costs, "eval", progress)
+        if decision.stop:
+            return decision.stop
+        started = time.perf_counter()
+        if state.batch == 0 and decision.focus and not state.focus:
+            progress.write(f"epoch {state.epoch}: the last {config['focus_fraction']:.0%} of the budget trains on "
+                           "the evaluation and test tasks' demonstrations alone")
+        batch = batches.next(state, decision.focus)
+        progress_fraction = max(state.step / total_steps, training_fraction_used(clock, costs))
+        lr_factor = state.lr_scale * learning_rate_factor(state.step, progress_fraction, config)
+        try:
+            loss, accuracy, finite = train_step(run.stepper, run.optimizers, run.scaler, batch, lr_factor, run.device,
+                                                run.amp_dtype, config, state.micro_batches, run.distributed)
+        except torch.OutOfMemoryError:
+            if not split_after_out_of_memory(run, state, len(batch[0]), progress):
+                raise
+            continue
+        if finite:
+            state.step += 1
+            state.nonfinite_in_a_row = 0
+            interval.add(loss, accuracy, len(batch[0]))
+        elif skip_nonfinite_step(run, state, clock, progress):
+            continue
+        batches.advance(state)
+        if finite and state.step % config["log_every_n_steps"] == 0:
+            log_interval(run, state, clock, interval, config["learning_rate"] * lr_factor, batches.epochs_done(state),
+                         progress)
+            interval = Interval()
+        costs.step = time.perf_counter() - started
+    return "all epochs done"
+
+
+def finish(run, state, clock, costs, reason, progress):
+    """After training: last.pt, a final evaluation when there is time for it, submission.json and the
+    pictures. A stop signal skips the final evaluation and says how to resume. Returns the exit code."""
+    print(f"training stopped at step {state.step}, epoch {state.epoch} ({reason}), {clock.used():.0f}s used")
+    save_last(run, state, clock, costs)
+    main_process = run.distributed.is_main
+    if reason in ("SIGINT", "SIGTERM"):
         if main_process:
-            draw(report if improved else None)
+            write_submission(run, clock, "best" if state.best_score is not None else "last")
+        print(f"stopped by {reason}: to continue, run the same command with --resume=True "
+              f"(it restarts from {run.paths.last} at step {state.step})")
+        return 128 + int(getattr(signal, reason))
+    if run.distributed.agree([bool(run.evaluation) and clock.used() + costs.final_seconds() <= clock.budget],
+                             run.device)[0]:
+        evaluate(run, state, clock, costs, "final eval", progress)
+    elif run.evaluation:
+        print("final eval: skipped, the time left is kept for the test prediction")
+    if main_process:  # only rank 0 predicts the test tasks and writes
+        write_submission(run, clock, "best" if state.best_score is not None else "last")
+    record(run, {"kind": "end", "step": state.step, "elapsed": round(clock.used(), 2)})
+    if main_process and draw_pictures(run, costs, progress) and "ipykernel" in sys.modules:
+        from IPython.display import Image, display  # a notebook shows the pictures under the cell
+        for path in (run.paths.curves, run.paths.gallery):
+            if os.path.exists(path):
+                display(Image(filename=path))
+    return 0
 
-    def log_interval(lr_factor, num_batches):
-        seconds = time.perf_counter() - interval["start"]
-        # The one sync per interval; under torchrun the processes' parts add up to the batches' figures.
-        loss, accuracy = (float(distributed.sum(interval[key])) / interval["steps"] for key in ("loss", "accuracy"))
-        line = {"kind": "train", "step": state["step"], "epoch": round(state["epoch"] + state["batch"] / num_batches, 3),
-                "elapsed": round(clock.used(), 2), "loss": round(loss, 5), "accuracy": round(accuracy, 5),
-                "learning_rate": float(f"{config['learning_rate'] * lr_factor:.4g}"),
-                "samples_per_s": round(interval["samples"] / seconds, 1)}  # the whole batches, all processes
-        record(line)
-        progress.update(clock, {"step": line["step"], "epoch": line["epoch"], "loss": line["loss"],
-                                "acc": line["accuracy"], "lr": f"{line['learning_rate']:.2e}",
-                                "samples/s": line["samples_per_s"]})
-        interval.update({"loss": 0.0, "accuracy": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter()})
 
-    steps_per_epoch = len(epoch_batches(training_set, config, 0))  # varies a little from epoch to epoch
-    total_steps = config["epochs"] * steps_per_epoch
+def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PROCESS):
+    """Train within the budget, evaluate, checkpoint, then write submission.json and eval_predictions.json;
+    returns the exit code. Under torchrun every process trains; rank 0 alone writes files."""
+    run, state = start_run(config, tasks, training_set, output_dir, clock, distributed)
+    if distributed.is_main:
+        for folder in (config["checkpoint_dir"], output_dir):
+            remove_stale_temporaries(folder)
+        if not os.path.exists(run.paths.submission):  # a valid file on disk from the start, whatever happens
+            save_submission(run.paths.submission, run.test_tasks, {})
+    if not run.evaluation:
+        print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
+    predictor = model_predictor(run.model, run.device, run.amp_dtype)
+    costs = Costs(seconds_per_prediction(predictor, [g for t in run.test_tasks + run.evaluation for g in t.test_inputs],
+                                         config), num_predictions(run.evaluation + run.test_tasks, config))
     progress = Progress(clock, interactive=sys.stderr.isatty() or "ipykernel" in sys.modules)
-    print(f"training: {steps_per_epoch} steps per epoch of {len(training_set.inputs)} pairs; budget "
-          f"{clock.budget:.0f}s, of which about {final_seconds():.0f}s kept for the final predictions")
-    interval = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "samples": 0, "start": time.perf_counter()}
-    last_save = clock.used()
-
-    def submit(weights):
-        """Predict the test tasks with the best or the current weights and write submission.json."""
-        best = torch.load(best_path, map_location=device, weights_only=True) if weights == "best" else None
-        if best is not None:
-            model.load_state_dict(best["model"])
-        votes = predict_tasks(test_tasks, training_set, predictor, config)
-        submission, num_fallback = make_submission(test_tasks, votes)
-        validate_submission(submission, test_tasks)
-        write_json_atomic(submission_path, submission)
-        print(f"submission: {len(submission)} tasks, {sum(map(len, submission.values()))} test inputs, "
-              f"{num_fallback} answered by fallback, from the {weights} weights, written to {submission_path} "
-              f"at {clock.used():.0f}s of {clock.budget:.0f}s")
-        if best is not None:
-            summary = best["report"]["summary"]
-            print(f"best evaluation (step {best['step']}): pass@2 {summary['task_score']:.4f} on "
-                  f"{summary['num_tasks']} tasks, written to {eval_path}")
-
-    def training_time_used():
-        """The fraction of the training part of the budget (all but the final predictions) used so far."""
-        return clock.used() / max(clock.budget - final_seconds(), 1e-9)
-
-    def decide():
-        """(why to stop or "", save now, evaluate now), as rank 0 sees it, on every process."""
-        halt = 0
-        if stop.received:
-            halt = STOP_REASONS.index(stop.received)
-        elif 0 < config["early_stop_evaluations"] <= state["evaluations_since_best"]:
-            halt = STOP_REASONS.index("early stop")
-        elif clock.used() + final_seconds() + 2 * timing["step"] > clock.budget:
-            halt = STOP_REASONS.index("time budget")
-        save = clock.used() - last_save >= 60 * config["save_every_n_minutes"]
-        minutes_due = (config["eval_every_n_minutes"] > 0
-                       and clock.used() - state["last_eval_time"] >= 60 * config["eval_every_n_minutes"])
-        evaluate_now = bool(evaluation) and minutes_due and clock.used() + 2 * final_seconds() < clock.budget
-        halt, save, evaluate_now = distributed.agree([halt, save, evaluate_now], device)
-        return STOP_REASONS[halt], bool(save), bool(evaluate_now)
-
-    ended = "all epochs done"
-    with StopSignals() as stop:
+    print(f"training: {len(epoch_batches(training_set, config, 0))} steps per epoch of {len(training_set.inputs)} "
+          f"pairs; budget {clock.budget:.0f}s, of which about {costs.final_seconds():.0f}s kept for the final "
+          "predictions")
+    with StopSignals() as stop_signals:
         try:
-            nonfinite_in_a_row = 0
-            while state["epoch"] < config["epochs"] and ended == "all epochs done":
-                if state["batch"] == 0:  # a resumed epoch keeps the pairs it began with
-                    focus = config["focus_fraction"] > 0 and training_time_used() >= 1 - config["focus_fraction"]
-                    focus = bool(distributed.agree([focus], device)[0])
-                    if focus and not state["focus"]:
-                        progress.write(f"epoch {state['epoch']}: the last {config['focus_fraction']:.0%} of the "
-                                       "budget trains on the evaluation and test tasks' demonstrations alone")
-                    state["focus"] = focus
-                batches = epoch_batches(training_set, config, state["epoch"], state["focus"])
-                rolled_back = False
-                while state["batch"] < len(batches):
-                    halt, save_now, evaluate_now = decide()
-                    if save_now:
-                        save_last()
-                        last_save = clock.used()
-                    if evaluate_now:
-                        evaluate("eval")
-                    if halt:
-                        ended = {"time budget": halt, "early stop": f"{state['evaluations_since_best']} evaluations "
-                                 "in a row without a new best"}.get(halt, f"stopped by {halt}")
-                        break
-                    step_start = time.perf_counter()
-                    batch = make_batch(training_set, *batches[state["batch"]], config["canvas_size"])
-                    progress_fraction = max(state["step"] / total_steps, training_time_used())
-                    lr_factor = learning_rate_factor(state["step"], progress_fraction, config)
-                    try:
-                        loss, accuracy, finite = train_step(stepper, optimizers, scaler, batch,
-                                                            lr_factor * state["lr_scale"], device, amp_dtype, config,
-                                                            state["micro_batches"], distributed)
-                    except torch.OutOfMemoryError:
-                        # Under torchrun one process alone would change its way of stepping: not safe.
-                        if state["micro_batches"] >= len(batch[0]) or distributed.world_size > 1:
-                            raise
-                        for optimizer in optimizers:
-                            optimizer.zero_grad(set_to_none=True)
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                        state["micro_batches"] *= 2
-                        progress.write(f"out of memory at step {state['step']}: each batch now runs as "
-                                       f"{state['micro_batches']} micro-batches with gradient accumulation")
-                        continue
-                    if not finite:
-                        state["nonfinite_steps"] += 1
-                        nonfinite_in_a_row += 1
-                        progress.write(f"step {state['step']}: loss or gradients not finite, update skipped "
-                                       f"({state['nonfinite_steps']} so far)")
-                        if nonfinite_in_a_row >= config["max_nonfinite_steps"]:
-                            roll_back()
-                            nonfinite_in_a_row, rolled_back = 0, True
-                            break
-                        state["batch"] += 1
-                        continue
-                    nonfinite_in_a_row = 0
-                    state["step"] += 1
-                    state["batch"] += 1
-                    interval["loss"] += loss
-                    interval["accuracy"] += accuracy
-                    interval["steps"] += 1
-                    interval["samples"] += len(batch[0])
-                    if state["step"] % config["log_every_n_steps"] == 0:
-                        log_interval(lr_factor, len(batches))
-                    timing["step"] = time.perf_counter() - step_start
-                if ended == "all epochs done" and not rolled_back:
-                    state["epoch"] += 1
-                    state["batch"] = 0
-                    epochs_due = (config["eval_every_n_epochs"] > 0
-                                  and state["epoch"] - state["last_eval_epoch"] >= config["eval_every_n_epochs"])
-                    if distributed.agree([bool(evaluation) and epochs_due
-                                          and clock.used() + 2 * final_seconds() < clock.budget], device)[0]:
-                        evaluate("eval")
+            reason = training_loop(run, state, clock, costs, stop_signals, progress)
         except Exception:
             # A bug or a device error: the weights may be half-updated, so last.pt keeps the last good state
             # and the submission comes from the best checkpoint, or stays the fallback written at the start.
             progress.close()
             traceback.print_exc()
-            print(f"error: training failed at step {state['step']} (traceback above); {last_path} holds the "
+            print(f"error: training failed at step {state.step} (traceback above); {run.paths.last} holds the "
                   "last saved state")
-            if state["best_score"] is not None and main_process:
-                submit("best")
+            if state.best_score is not None and distributed.is_main:
+                write_submission(run, clock, "best")
             else:
-                print(f"submission: {submission_path} keeps the fallback answers (no evaluation had run)")
+                print(f"submission: {run.paths.submission} keeps the fallback answers (no evaluation had run)")
             return 1
         progress.close()
-        print(f"training stopped at step {state['step']}, epoch {state['epoch']} ({ended}), "
-              f"{clock.used():.0f}s used")
-        save_last()
-        weights = "best" if state["best_score"] is not None else "last"
-        if ended.startswith("stopped by"):
-            signal_name = ended[len("stopped by "):]
-            if main_process:
-                submit(weights)
-            print(f"stopped by {signal_name}: to continue, run the same command with --resume=True "
-                  f"(it restarts from {last_path} at step {state['step']})")
-            return 128 + int(getattr(signal, signal_name))
-        if distributed.agree([bool(evaluation) and clock.used() + final_seconds() <= clock.budget], device)[0]:
-            evaluate("final eval")
-        elif evaluation:
-            print("final eval: skipped, the time left is kept for the test prediction")
-        if main_process:  # the others are done: only rank 0 predicts the test tasks and writes
-            submit(weights)
-    record({"kind": "end", "step": state["step"], "elapsed": round(clock.used(), 2)})
-    if main_process and draw() and "ipykernel" in sys.modules:  # a notebook shows them under the cell
-        from IPython.display import Image, display
-        for path in (curves_path, gallery_path):
-            if os.path.exists(path):
-                display(Image(filename=path))
-    return 0
+        return finish(run, state, clock, costs, reason, progress)
 
 # -----------------------------------------------------------------------------
 
