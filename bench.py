@@ -104,8 +104,7 @@ def main(argv):
     device = tf.choose_device(config)
     tasks, _ = tf.load_tasks(config)
     training_set = tf.build_training_set(tasks, config)
-    amp_dtype, precision = tf.choose_precision(
-        config, device, lambda dtype: tf.training_step_seconds(config, training_set, device, dtype))
+    amp_dtype, precision = tf.choose_precision(config, device)
     dim, layers = config["embed_dim"], config["num_layers"]
     pairs = list(zip(training_set.inputs, training_set.outputs))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {precision}; "
@@ -191,8 +190,7 @@ def main(argv):
     quick = tf.parse_config(["--preset=quick"], presets=tf.load_presets("."))
     quick_set = tf.build_training_set(tasks, quick)
     quick_model = tf.ARCTransformer(quick, quick_set.num_embeddings).to(device)
-    quick_amp, _ = tf.choose_precision(
-        quick, device, lambda dtype: tf.training_step_seconds(quick, quick_set, device, dtype))
+    quick_amp, _ = tf.choose_precision(quick, device)
     predictor = tf.model_predictor(quick_model, device, quick_amp)
     evaluation = tasks["evaluation"]
     start = time.perf_counter()

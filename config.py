@@ -39,9 +39,6 @@ PRESETS = {
         "log_every_n_steps": 200,
         "focus_fraction": 0.3,  # the last 30% on the 178 tasks' demonstrations (13 against 11: within the noise)
         "compile": False,
-        # Pinned: bf16 and fp32 run this model at the same speed here, so the timed choice flipped from run
-        # to run and made runs differ in more than the setting under test.
-        "dtype": "float32",
         "checkpoint_dir": "checkpoints/dev",
         "output_dir": "outputs/dev",
     },

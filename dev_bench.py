@@ -12,7 +12,7 @@ the identity (the test input as the answer) and the best single rotation/reflect
 fitted on the demonstrations.
 
 With --hidden the benchmark tasks are only test tasks, as in Kaggle's scoring run: nothing in the run has
-their answers (so hold_out_demos can be tried), and the submission.json it writes is scored afterwards.
+their answers, and the submission.json it writes is scored afterwards.
 """
 import json
 import os

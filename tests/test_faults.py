@@ -41,14 +41,32 @@ def intact(folder, out, test_tasks):
     return corrupt
 
 
+def read_records(metrics_path):
+    records = []
+    if os.path.exists(metrics_path):
+        for line in open(metrics_path):
+            with contextlib.suppress(ValueError):  # a line the kill cut short
+                records.append(json.loads(line))
+    return records
+
+
+def wait_for_training(metrics_path, starts_before, timeout=300):
+    """Wait until the process that writes the next start record has logged a training line. How long its
+    start-up takes depends on the machine and its load, and a kill before any training loses nothing."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        kinds = [r["kind"] for r in read_records(metrics_path)]
+        if kinds.count("start") > starts_before and kinds[-1] != "start":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{metrics_path}: no training line from the new process in {timeout}s")
+
+
 def training_lost(metrics_path, last_json):
     """Seconds the killed process trained past its last checkpoint, on the budget clock: from the later of
     the checkpoint and this process's first logged step (a log line every 2 steps; what came before it
     was start-up, not training) to its last logged step."""
-    records = []
-    for line in open(metrics_path):
-        with contextlib.suppress(ValueError):  # a line the kill cut short
-            records.append(json.loads(line))
+    records = read_records(metrics_path)
     since_start = records[max(i for i, r in enumerate(records) if r["kind"] == "start"):]
     logged = [r["elapsed"] for r in since_start if r["kind"] == "train"]
     if not logged:
@@ -68,14 +86,17 @@ def test_a_run_killed_at_random_moments_resumes_every_time_and_loses_nothing(tmp
     # Every other restart saves after every step, so that most of its kills land in the middle of a
     # checkpoint write; the others save every 0.6 s, the interval that bounds the work a kill loses.
     for interval in [0.0, 0.01] * 4:
+        metrics = os.path.join(out, "metrics.jsonl")
+        starts_before = [r["kind"] for r in read_records(metrics)].count("start")
         process = subprocess.Popen(command + [f"--save_every_n_minutes={interval}"], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 4.0))
+        wait_for_training(metrics, starts_before)
+        time.sleep(rng.uniform(0.0, 2.5))
         process.send_signal(signal.SIGKILL)
         process.wait()
         kills += 1
         corrupt += intact(ck, out, test_tasks)
-        lost = training_lost(os.path.join(out, "metrics.jsonl"), os.path.join(ck, "last.json"))
+        lost = training_lost(metrics, os.path.join(ck, "last.json"))
         assert lost <= 60 * interval + 0.3, (interval, lost)  # one interval, and a logging interval
         largest_loss = max(largest_loss, lost)
         steps.append(json.load(open(os.path.join(ck, "last.json")))["step"])
