@@ -76,16 +76,18 @@ def test_a_training_step_lowers_the_loss_on_its_batch():
     assert model.task_embedding.weight[:3].abs().sum() > 0 and model.task_embedding.weight[3:].abs().sum() == 0
 
 
-@pytest.mark.parametrize("capabilities, chosen", [({"amx_bf16": True, "avx512_bf16": True}, torch.bfloat16),
-                                                  ({"amx_bf16": False, "avx512_bf16": True}, None),
-                                                  ({"neon": True}, None)])
-def test_on_cpu_bf16_is_chosen_where_amx_units_are_unless_a_precision_is_configured(monkeypatch, capabilities, chosen):
+@pytest.mark.parametrize("capabilities, width, chosen", [({"amx_bf16": True, "avx512_bf16": True}, 256, torch.bfloat16),
+                                                         ({"amx_bf16": True}, 128, None),
+                                                         ({"amx_bf16": False, "avx512_bf16": True}, 256, None),
+                                                         ({"neon": True}, 512, None)])
+def test_on_cpu_bf16_is_chosen_for_wide_models_on_amx_units_unless_a_precision_is_configured(monkeypatch, capabilities,
+                                                                                            width, chosen):
     monkeypatch.setattr(tf.torch.cpu, "get_capabilities", lambda: capabilities)
-    cpu = torch.device("cpu")
-    assert [tf.choose_precision(CONFIG, cpu)[0] for _ in range(3)] == [chosen] * 3  # a rule, not a race
-    assert "AMX" in tf.choose_precision(CONFIG, cpu)[1]
-    assert tf.choose_precision({**CONFIG, "dtype": "float32"}, cpu)[0] is None
-    assert tf.choose_precision({**CONFIG, "dtype": "bfloat16"}, cpu)[0] is torch.bfloat16
+    cpu, config = torch.device("cpu"), {**CONFIG, "embed_dim": width}
+    assert [tf.choose_precision(config, cpu)[0] for _ in range(3)] == [chosen] * 3  # a rule, not a race
+    assert "AMX" in tf.choose_precision(config, cpu)[1]
+    assert tf.choose_precision({**config, "dtype": "float32"}, cpu)[0] is None
+    assert tf.choose_precision({**config, "dtype": "bfloat16"}, cpu)[0] is torch.bfloat16
 
 
 def test_bf16_autocast_runs_on_cpu():
