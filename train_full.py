@@ -875,15 +875,30 @@ def choose_precision(config, device):
     machine every time. On CPU, bf16 pays only where AMX units multiply it, and only for wide models."""
     if config["dtype"] != "auto":
         return PRECISIONS[config["dtype"]], f"{config['dtype']} as configured"
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16, "bf16 autocast: the GPU supports bfloat16"
     if device.type == "cuda":
-        return torch.float16, "fp16 autocast with a gradient scaler: the GPU has no bfloat16 (e.g. T4)"
+        # Not torch.cuda.is_bf16_supported(): it counts emulation, so it says yes on a T4 (7.5), where bf16
+        # runs slowly, takes the slow attention kernel and can fail to compile.
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) >= (8, 0):
+            return torch.bfloat16, f"bf16 autocast: compute capability {major}.{minor} has bf16 units"
+        return torch.float16, (f"fp16 autocast with a gradient scaler: compute capability {major}.{minor} has no "
+                               "bf16 units (they need 8.0, e.g. L4, A100, H100)")
     if not torch.cpu.get_capabilities().get("amx_bf16"):
         return None, "fp32: the CPU has no AMX bf16 matrix units"
     if config["embed_dim"] < CPU_BF16_MIN_WIDTH:
         return None, f"fp32: bf16 pays on this CPU's AMX units from embed_dim {CPU_BF16_MIN_WIDTH}"
     return torch.bfloat16, "bf16 autocast: the CPU has AMX bf16 matrix units"
+
+
+def resumed_precision(began_in, config, device):
+    """A resumed run goes on in the precision it began in (so its numbers match), unless that is bf16 on a
+    GPU without bf16 units (a run from an L4 resumed on a T4): then fp16, and the reason says so."""
+    if config["dtype"] != "auto":
+        return choose_precision(config, device)
+    chosen, reason = choose_precision(config, device)
+    if began_in == "bfloat16" and chosen is torch.float16:
+        return chosen, f"the run began in bfloat16, but here {reason}"
+    return PRECISIONS[began_in], f"{began_in}, as the run began"
 
 
 def autocast(device, amp_dtype):
@@ -1295,12 +1310,12 @@ class TrainState:
 
 
 def save_checkpoint(path, model, optimizers, scaler, state, config, task_ids):
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    # The CPU's random state alone: nothing on the GPU draws random numbers, and one state per GPU would
+    # tie the checkpoint to the number of GPUs.
     checkpoint = {"model": model.state_dict(), "dense_optimizer": optimizers[0].state_dict(),
                   "sparse_optimizer": optimizers[1].state_dict(), "scaler": scaler.state_dict(),
-                  "state": asdict(state), "rng": rng, "config": dict(config), "task_ids": list(task_ids)}
+                  "state": asdict(state), "rng": {"torch": torch.get_rng_state()}, "config": dict(config),
+                  "task_ids": list(task_ids)}
     write_atomic(path, lambda temporary: torch.save(checkpoint, temporary))
     # A few lines a person can read without loading torch.
     write_json_atomic(path[:-len(".pt")] + ".json", {"step": state.step, "epoch": state.epoch,
@@ -1411,15 +1426,15 @@ def warm_start(model, checkpoint, task_ids, config):
 
 
 def restore_checkpoint(checkpoint, model, optimizers, scaler):
-    """Put a loaded last.pt's weights, optimizers, scaler and RNG states back; return its TrainState (less
-    any field an older version of this file saved and this one no longer has)."""
+    """Put a loaded last.pt's weights, optimizers, scaler and CPU random state back; return its TrainState
+    (less any field an older version of this file saved and this one no longer has). A bf16 run has no
+    scaler state: resumed in fp16 (on a T4), its scaler starts fresh."""
     model.load_state_dict(checkpoint["model"])
     optimizers[0].load_state_dict(checkpoint["dense_optimizer"])
     optimizers[1].load_state_dict(checkpoint["sparse_optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
+    if checkpoint["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(checkpoint["scaler"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
-    if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
     known = {field.name for field in fields(TrainState)}
     return TrainState(**{key: value for key, value in checkpoint["state"].items() if key in known})
 
@@ -1595,8 +1610,8 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
     if config["resume"] and os.path.exists(paths.last):
         resumed = load_checkpoint(paths.last, config, training_set.task_ids)
     pretrained = load_checkpoint(config["init_from"], config) if config["init_from"] and resumed is None else None
-    if resumed and config["dtype"] == "auto":  # a resumed run goes on as it began, so its numbers match
-        amp_dtype, precision = PRECISIONS[resumed["state"]["dtype"]], f"{resumed['state']['dtype']}, as the run began"
+    if resumed:
+        amp_dtype, precision = resumed_precision(resumed["state"]["dtype"], config, device)
     else:
         amp_dtype, precision = choose_precision(config, device)
     torch.manual_seed(config["seed"])
