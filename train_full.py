@@ -1383,6 +1383,25 @@ class RunLock:
             os.remove(self.path)
 
 
+@contextlib.contextmanager
+def run_lock(folder, distributed, device):
+    """The RunLock, taken by rank 0 before training and agreed on: when the folder is busy every process
+    raises the CheckpointError together, instead of the others waiting for a rank 0 that has left."""
+    lock, refusal = RunLock(folder), None
+    if distributed.is_main:
+        try:
+            lock.__enter__()
+        except CheckpointError as error:
+            refusal = error
+    if not distributed.agree([refusal is None], device)[0]:
+        raise refusal or CheckpointError(f"{lock.path}: in use by another run (rank 0 names it)")
+    try:
+        yield
+    finally:
+        if distributed.is_main:
+            lock.__exit__()
+
+
 def process_alive(pid):
     try:
         os.kill(pid, 0)
@@ -1993,7 +2012,7 @@ def main(argv=None, presets=None, started=None):
         clock = Clock(3600 * config["target_runtime_hours"], start)
         code = 1
         try:
-            with RunLock(config["checkpoint_dir"]) if distributed.is_main else contextlib.nullcontext():
+            with run_lock(config["checkpoint_dir"], distributed, choose_device(config, distributed)):
                 code = train(config, tasks, training_set, resolve_output_dir(config), clock, distributed)
         except CheckpointError as error:
             print(f"error: {error}", file=sys.stderr)

@@ -58,3 +58,23 @@ def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from {ck / 'last.pt'}: step {steps}, epoch 4" in result.stdout
     assert json.load(open(ck / "last.json"))["step"] > steps
+
+
+def test_a_busy_checkpoint_folder_stops_every_process_at_once(tmp_path):
+    data = write_kaggle_folder(str(tmp_path / "data"), small_dataset())
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        (tmp_path / "ck").mkdir()
+        (tmp_path / "ck" / "run.lock").write_text(str(holder.pid))
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 SCRIPT, *SETTINGS, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}",
+                                 f"--checkpoint_dir={tmp_path / 'ck'}"],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=180,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    assert f"process {holder.pid} is using this checkpoint folder" in result.stderr
+    assert "exitcode  : 2" in result.stderr and "exitcode  : 1" not in result.stderr  # both ranks, the same way
+    assert os.listdir(tmp_path / "ck") == ["run.lock"] and not (tmp_path / "out").exists()
