@@ -1300,6 +1300,7 @@ class TrainState:
     focus: bool = False             # the current epoch holds the evaluation and test tasks' demonstrations alone
     elapsed: float = 0.0            # budget seconds used when last.pt was written
     best_score: list | None = None  # score_key of the best evaluation so far
+    best_step: int = 0              # and the step it was made at
     last_eval_epoch: int = 0
     last_eval_time: float = 0.0     # budget seconds used at the last evaluation
     lr_scale: float = 1.0           # halved by each roll-back after non-finite steps
@@ -1749,12 +1750,13 @@ def draw_pictures(run, costs, progress, report=None):
 
 
 def evaluate(run, state, clock, costs, kind, progress):
-    """Predict and score the evaluation tasks. A new best score writes best.pt, eval_predictions.json and
-    the gallery (rank 0); if best.pt cannot be written, the score does not count as the best."""
+    """Predict and score the evaluation tasks. A new best score writes best.pt, eval_predictions.json,
+    submission.json from the same weights and the gallery (rank 0), so the files on disk are always the
+    best answers so far, whatever ends the run later; if best.pt cannot be written, the score does not
+    count as the best."""
     start = time.perf_counter()
     predictor = model_predictor(run.model, run.device, run.amp_dtype)
     report = eval_report(run.evaluation, predict_tasks(run.evaluation, run.training_set, predictor, run.config))
-    costs.prediction = (time.perf_counter() - start) / max(num_predictions(run.evaluation, run.config), 1)
     summary = report["summary"]
     improved = state.best_score is None or score_key(summary) > state.best_score
     if improved and run.distributed.is_main:
@@ -1768,7 +1770,7 @@ def evaluate(run, state, clock, costs, kind, progress):
             print(f"warning: {run.paths.best} not updated at step {state.step} ({error}); the previous one is intact")
     improved = bool(run.distributed.agree([improved], run.device)[0])
     if improved:
-        state.best_score = score_key(summary)
+        state.best_score, state.best_step = score_key(summary), state.step
     state.last_eval_epoch, state.last_eval_time = state.epoch, clock.used()
     record(run, {"kind": kind, "step": state.step, "epoch": state.epoch, "elapsed": round(clock.used(), 2),
                  **summary, "best": improved})
@@ -1776,6 +1778,10 @@ def evaluate(run, state, clock, costs, kind, progress):
                    f"({summary['tasks_solved']}/{summary['num_tasks']} tasks, {summary['output_score']:.4f} of "
                    f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                    + (" | new best" if improved else ""))
+    if improved and run.distributed.is_main:
+        submit(run, clock, progress, f"the weights of step {state.step}")
+    predicted = run.evaluation + (run.test_tasks if improved and run.distributed.is_main else [])
+    costs.prediction = (time.perf_counter() - start) / max(num_predictions(predicted, run.config), 1)
     if run.distributed.is_main:
         draw_pictures(run, costs, progress, report if improved else None)
 
@@ -1789,21 +1795,30 @@ def save_submission(path, test_tasks, votes):
     return num_fallback
 
 
-def write_submission(run, clock, weights):
-    """Predict the test tasks with the "best" weights (best.pt) or the "last" ones and write submission.json."""
-    best = load_checkpoint(run.paths.best, run.config, run.training_set.task_ids) if weights == "best" else None
-    if best is not None:
-        run.model.load_state_dict(best["model"])
+def submit(run, clock, progress, weights):
+    """Predict the test tasks with the model's weights as they are and write submission.json (rank 0)."""
     votes = predict_tasks(run.test_tasks, run.training_set, model_predictor(run.model, run.device, run.amp_dtype),
                           run.config)
-    num_fallback = save_submission(run.paths.submission, run.test_tasks, votes)
-    print(f"submission: {len(run.test_tasks)} tasks, {sum(len(t.test_inputs) for t in run.test_tasks)} test "
-          f"inputs, {num_fallback} answered by fallback, from the {weights} weights, written to "
-          f"{run.paths.submission} at {clock.used():.0f}s of {clock.budget:.0f}s")
-    if best is not None:
-        summary = best["report"]["summary"]
-        print(f"best evaluation (step {best['step']}): pass@2 {summary['task_score']:.4f} on "
-              f"{summary['num_tasks']} tasks, written to {run.paths.evaluation}")
+    try:
+        num_fallback = save_submission(run.paths.submission, run.test_tasks, votes)
+    except OSError as error:  # a full disk: the previous submission stays whole
+        progress.write(f"warning: {run.paths.submission} not updated ({error}); the previous one is intact")
+        return
+    progress.write(f"submission: {len(run.test_tasks)} tasks, {sum(len(t.test_inputs) for t in run.test_tasks)} "
+                   f"test inputs, {num_fallback} answered by fallback, from {weights}, written to "
+                   f"{run.paths.submission} at {clock.used():.0f}s of {clock.budget:.0f}s")
+
+
+def submission_at_the_end(run, state, clock, progress, may_predict):
+    """The submission when training ends (rank 0). The best evaluation's answers are on disk already; with no
+    evaluation, the last weights predict them if `may_predict`, else the fallback answers stay."""
+    if state.best_score is not None:
+        progress.write(f"submission: {run.paths.submission} holds the answers of the best evaluation (step "
+                       f"{state.best_step}, pass@2 {state.best_score[0]:.4f}); its report is {run.paths.evaluation}")
+    elif may_predict:
+        submit(run, clock, progress, "the last weights")
+    else:
+        progress.write(f"submission: {run.paths.submission} keeps the fallback answers (no evaluation had run)")
 
 
 class Interval:
@@ -1921,7 +1936,7 @@ def finish(run, state, clock, costs, reason, progress):
     main_process = run.distributed.is_main
     if reason in ("SIGINT", "SIGTERM"):
         if main_process:
-            write_submission(run, clock, "best" if state.best_score is not None else "last")
+            submission_at_the_end(run, state, clock, progress, may_predict=True)
         print(f"stopped by {reason}: to continue, run the same command with --resume=True "
               f"(it restarts from {run.paths.last} at step {state.step})")
         return 128 + int(getattr(signal, reason))
@@ -1931,7 +1946,7 @@ def finish(run, state, clock, costs, reason, progress):
     elif run.evaluation:
         print("final eval: skipped, the time left is kept for the test prediction")
     if main_process:  # only rank 0 predicts the test tasks and writes
-        write_submission(run, clock, "best" if state.best_score is not None else "last")
+        submission_at_the_end(run, state, clock, progress, may_predict=True)
     record(run, {"kind": "end", "step": state.step, "elapsed": round(clock.used(), 2)})
     if main_process and draw_pictures(run, costs, progress) and "ipykernel" in sys.modules:
         from IPython.display import Image, display  # a notebook shows the pictures under the cell
@@ -1969,10 +1984,8 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
             traceback.print_exc()
             print(f"error: training failed at step {state.step} (traceback above); {run.paths.last} holds the "
                   "last saved state")
-            if state.best_score is not None and distributed.is_main:
-                write_submission(run, clock, "best")
-            else:
-                print(f"submission: {run.paths.submission} keeps the fallback answers (no evaluation had run)")
+            if distributed.is_main:  # the device may be broken: nothing more runs on it
+                submission_at_the_end(run, state, clock, progress, may_predict=False)
             return 1
         progress.close()
         return finish(run, state, clock, costs, reason, progress)

@@ -54,24 +54,36 @@ def test_a_stop_signal_saves_submits_and_says_how_to_resume(tmp_path, stop_signa
     assert json.loads((tmp_path / "ck" / "last.json").read_text())["step"] > stopped_at
 
 
-def test_a_failure_in_training_still_submits_from_the_best_checkpoint_and_exits_non_zero(tmp_path, monkeypatch,
-                                                                                        capsys):
+def test_a_broken_device_mid_run_leaves_the_best_evaluations_submission_on_disk(tmp_path, monkeypatch, capsys):
     args, data = folders(tmp_path)
-    real_step, calls = tf.train_step, []
+    real_step, real_predictor, calls = tf.train_step, tf.model_predictor, []
 
-    def failing_step(*arguments):
+    def failing_step(*arguments):  # a device-side assert: from now on nothing runs on the device
         calls.append(1)
-        if len(calls) == 25:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+        if len(calls) >= 25:
+            raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
         return real_step(*arguments)
+
+    def breakable_predictor(*arguments):
+        predict = real_predictor(*arguments)
+        return lambda *batch: predict(*batch) if len(calls) < 25 else failing_step()
     monkeypatch.setattr(tf, "train_step", failing_step)
+    monkeypatch.setattr(tf, "model_predictor", breakable_predictor)
     assert tf.main([*TINY, "--epochs=100", *args], presets={}) == 1
     printed = capsys.readouterr()
     assert "RuntimeError: CUDA error" in printed.err and "Traceback" in printed.err
     assert "error: training failed at step " in printed.out
-    assert "from the best weights" in printed.out
-    tf.validate_submission(json.load(open(tmp_path / "out" / "submission.json")), tf.load_kaggle_folder(data)["test"])
+    assert "holds the answers of the best evaluation" in printed.out
     assert not (tmp_path / "ck" / "run.lock").exists()
+    monkeypatch.undo()
+    # What is on disk is what the best weights predict, not the fallback answers written at the start.
+    config, tasks = tf.parse_config([*TINY, *args]), tf.load_kaggle_folder(data)
+    training_set = tf.build_training_set(tasks, config)
+    model = tf.ARCTransformer(config, training_set.num_embeddings)
+    model.load_state_dict(torch.load(tmp_path / "ck" / "best.pt", weights_only=True)["model"])
+    votes = tf.predict_tasks(tasks["test"], training_set, tf.model_predictor(model, torch.device("cpu"), None), config)
+    on_disk = json.load(open(tmp_path / "out" / "submission.json"))
+    assert on_disk == tf.make_submission(tasks["test"], votes)[0] != tf.make_submission(tasks["test"], {})[0]
 
 
 def test_a_checkpoint_write_that_fails_keeps_the_previous_one_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
