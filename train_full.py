@@ -1202,7 +1202,16 @@ def eval_report(evaluation_tasks, votes):
                         "votes": list(v.votes), **result}
                        for v, result in zip(votes[task.id], per_task[task.id])]}
              for task in evaluation_tasks]
-    return {"summary": summary, "tasks": tasks}
+    return {"scored": True, "summary": summary, "tasks": tasks}
+
+
+def unscored_report(evaluation_tasks, votes):
+    """eval_predictions.json for evaluation tasks whose answers the run does not have: the attempts alone."""
+    tasks = [{"task_id": task.id, "test": [{"attempt_1": as_plain_grid(v.attempts[0]),
+                                            "attempt_2": as_plain_grid(v.attempts[1]), "votes": list(v.votes)}
+                                           for v in votes[task.id]]} for task in evaluation_tasks]
+    return {"scored": False, "summary": {"num_tasks": len(tasks), "num_outputs": sum(len(t["test"]) for t in tasks)},
+            "tasks": tasks}
 
 
 # Pictures, when matplotlib is installed (the run works without it): Figure objects alone, never pyplot,
@@ -1234,13 +1243,18 @@ def plot_training_curves(metrics_path, path):
         ax.set_title(title)
         ax.set_xlabel("minutes")
         ax.grid(alpha=0.3)
+    if not evals:
+        axes[3].text(0.5, 0.5, "no evaluation answers", ha="center", va="center", transform=axes[3].transAxes)
+        axes[3].set_xticks([])
+        axes[3].set_yticks([])
     write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
     return True
 
 
 def plot_eval_gallery(report, tasks, path, max_tasks=6):
     """eval_gallery.png: for up to max_tasks evaluation tasks (solved ones, then the nearest misses), the first test input,
-    its truth and both attempts in ARC's colours, solved ones marked. False without matplotlib."""
+    its truth and both attempts in ARC's colours, solved ones marked; for an unscored report, the first
+    tasks' inputs and attempts alone. False without matplotlib."""
     try:
         from matplotlib.colors import ListedColormap
         from matplotlib.figure import Figure
@@ -1248,16 +1262,18 @@ def plot_eval_gallery(report, tasks, path, max_tasks=6):
         return False
     by_id = {task.id: task for task in tasks}
     closest = lambda t: (-t["score"], -(t["test"][0]["pixel_accuracy"] or 0.0))  # solved, then near misses
-    chosen = sorted(report["tasks"], key=closest)[:max_tasks]
+    chosen = sorted(report["tasks"], key=closest)[:max_tasks] if report["scored"] else report["tasks"][:max_tasks]
     if not chosen:
         return False
-    figure = Figure(figsize=(8, 2.2 * len(chosen)), layout="constrained")
-    axes = figure.subplots(len(chosen), 4, squeeze=False)
+    columns = 4 if report["scored"] else 3
+    figure = Figure(figsize=(2 * columns, 2.2 * len(chosen)), layout="constrained")
+    axes = figure.subplots(len(chosen), columns, squeeze=False)
     colours = ListedColormap(ARC_COLOURS)
     for row, entry in zip(axes, chosen):
         task, result = by_id[entry["task_id"]], entry["test"][0]
-        grids = (task.test_inputs[0], task.test_outputs[0], result["attempt_1"], result["attempt_2"])
-        titles = (f"{task.id}: input", "truth", "attempt 1", "attempt 2")
+        truth = [(task.test_outputs[0], "truth")] if report["scored"] else []
+        grids, titles = zip((task.test_inputs[0], f"{task.id}: input"), *truth, (result["attempt_1"], "attempt 1"),
+                            (result["attempt_2"], "attempt 2"))
         for ax, grid, title in zip(row, grids, titles):
             grid = np.asarray(grid)
             ax.imshow(grid, cmap=colours, vmin=0, vmax=9, interpolation="nearest")
@@ -1265,7 +1281,7 @@ def plot_eval_gallery(report, tasks, path, max_tasks=6):
             ax.set_yticks(np.arange(grid.shape[0] + 1) - 0.5, minor=True)
             ax.grid(which="minor", color="#555555", linewidth=0.5)
             ax.tick_params(which="minor", length=0)
-            solved = title.startswith("attempt") and np.array_equal(grid, task.test_outputs[0])
+            solved = report["scored"] and title.startswith("attempt") and np.array_equal(grid, task.test_outputs[0])
             ax.set_title(title + (" - solved" if solved else ""), color="green" if solved else "black", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -1590,6 +1606,7 @@ class Run:
     config: dict
     training_set: TrainingSet
     evaluation: list          # the evaluation tasks that have answers: scored as the run goes
+    unscored: list            # without any, the evaluation tasks: predicted at the end, unscored
     test_tasks: list
     paths: RunPaths
     distributed: Distributed
@@ -1660,8 +1677,9 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
         print(f"note: starting fresh; {paths.last} from an earlier run is replaced at this run's first save "
               "(--resume=True continues it instead)")
     evaluation = [task for task in tasks["evaluation"] if task.test_outputs is not None]
-    run = Run(config, training_set, evaluation, tasks["test"], paths, distributed, device, amp_dtype, model, stepper,
-              optimizers, scaler)
+    unscored = [] if evaluation else tasks["evaluation"]
+    run = Run(config, training_set, evaluation, unscored, tasks["test"], paths, distributed, device, amp_dtype, model,
+              stepper, optimizers, scaler)
     record(run, {"kind": "start", "resumed": state.step > 0, "torch": torch.__version__, "device": str(device),
                  "processes": distributed.world_size, "precision": precision, "config": config})
     return run, state
@@ -1741,7 +1759,7 @@ def draw_pictures(run, costs, progress, report=None):
     try:
         drawn = plot_training_curves(run.paths.metrics, run.paths.curves)
         if report is not None:
-            plot_eval_gallery(report, run.evaluation, run.paths.gallery)
+            plot_eval_gallery(report, run.evaluation + run.unscored, run.paths.gallery)
     except Exception as error:
         progress.write(f"warning: pictures not drawn ({type(error).__name__}: {error})")
         return False
@@ -1810,15 +1828,23 @@ def submit(run, clock, progress, weights):
 
 
 def submission_at_the_end(run, state, clock, progress, may_predict):
-    """The submission when training ends (rank 0). The best evaluation's answers are on disk already; with no
-    evaluation, the last weights predict them if `may_predict`, else the fallback answers stay."""
+    """The submission when training ends (rank 0). The best evaluation's answers are on disk already. With
+    no evaluation, the last weights predict the test tasks if `may_predict`, and the evaluation tasks that
+    have no answers, for eval_predictions.json (its report is returned); else the fallback answers stay."""
     if state.best_score is not None:
         progress.write(f"submission: {run.paths.submission} holds the answers of the best evaluation (step "
                        f"{state.best_step}, pass@2 {state.best_score[0]:.4f}); its report is {run.paths.evaluation}")
-    elif may_predict:
-        submit(run, clock, progress, "the last weights")
-    else:
+        return None
+    if not may_predict:
         progress.write(f"submission: {run.paths.submission} keeps the fallback answers (no evaluation had run)")
+        return None
+    submit(run, clock, progress, "the last weights")
+    predictor = model_predictor(run.model, run.device, run.amp_dtype)
+    report = unscored_report(run.unscored, predict_tasks(run.unscored, run.training_set, predictor, run.config))
+    write_json_atomic(run.paths.evaluation, report)
+    progress.write(f"evaluation predictions: {len(run.unscored)} tasks without answers, unscored, written to "
+                   f"{run.paths.evaluation}")
+    return report
 
 
 class Interval:
@@ -1945,10 +1971,9 @@ def finish(run, state, clock, costs, reason, progress):
         evaluate(run, state, clock, costs, "final eval", progress)
     elif run.evaluation:
         print("final eval: skipped, the time left is kept for the test prediction")
-    if main_process:  # only rank 0 predicts the test tasks and writes
-        submission_at_the_end(run, state, clock, progress, may_predict=True)
+    unscored = submission_at_the_end(run, state, clock, progress, may_predict=True) if main_process else None
     record(run, {"kind": "end", "step": state.step, "elapsed": round(clock.used(), 2)})
-    if main_process and draw_pictures(run, costs, progress) and "ipykernel" in sys.modules:
+    if main_process and draw_pictures(run, costs, progress, unscored) and "ipykernel" in sys.modules:
         from IPython.display import Image, display  # a notebook shows the pictures under the cell
         for path in (run.paths.curves, run.paths.gallery):
             if os.path.exists(path):
@@ -1969,7 +1994,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
         print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
     predictor = model_predictor(run.model, run.device, run.amp_dtype)
     costs = Costs(seconds_per_prediction(predictor, [g for t in run.test_tasks + run.evaluation for g in t.test_inputs],
-                                         config), num_predictions(run.evaluation + run.test_tasks, config))
+                                         config), num_predictions(run.evaluation + run.unscored + run.test_tasks, config))
     progress = Progress(clock, interactive=sys.stderr.isatty() or "ipykernel" in sys.modules)
     print(f"training: {len(epoch_batches(training_set, config, 0))} steps per epoch of {len(training_set.inputs)} "
           f"pairs; budget {clock.budget:.0f}s, of which about {costs.final_seconds():.0f}s kept for the final "

@@ -15,14 +15,20 @@ def run_main(*args):
     return tf.main(list(args), presets={})
 
 
-def test_without_evaluation_answers_the_run_says_so_once_and_still_submits(tmp_path, capsys):
+def test_without_evaluation_answers_the_run_says_so_once_and_writes_unscored_predictions(tmp_path, capsys):
     data = write_kaggle_folder(str(tmp_path / "data"), small_dataset(), solutions=("training",))
     assert run_main(*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}",
                     f"--checkpoint_dir={tmp_path / 'ck'}") == 0
     assert capsys.readouterr().out.count("no evaluation answers") == 1
-    pictures = ["training_curves.png"] if importlib.util.find_spec("matplotlib") else []
-    assert sorted(os.listdir(tmp_path / "out")) == ["metrics.jsonl", "submission.json", *pictures]
+    pictures = ["eval_gallery.png", "training_curves.png"] if importlib.util.find_spec("matplotlib") else []
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(["eval_predictions.json", "metrics.jsonl", "submission.json",
+                                                           *pictures])
     assert sorted(os.listdir(tmp_path / "ck")) == ["last.json", "last.pt"]  # no evaluation, no best.pt
+    report = json.load(open(tmp_path / "out" / "eval_predictions.json"))
+    assert report["scored"] is False and report["summary"] == {"num_tasks": 2, "num_outputs": 4}
+    assert [t["task_id"] for t in report["tasks"]] == ["evalA", "evalB"] and len(report["tasks"][1]["test"]) == 3
+    entry = report["tasks"][1]["test"][0]
+    assert set(entry) == {"attempt_1", "attempt_2", "votes"} and entry["attempt_1"] != entry["attempt_2"]
 
 
 def test_bad_data_exits_non_zero_naming_the_problem_and_overwrites_nothing(tmp_path, capsys):
