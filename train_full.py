@@ -1046,31 +1046,65 @@ def model_predictor(model, device, amp_dtype):
     return predict
 
 
-def predict_tasks(tasks, training_set, predictor, config):
-    """{task id: [Vote per test input]}: every test input predicted under the task's first
-    vote_augmentations augmentations (in batches of batch_size), decoded, mapped back and voted on."""
+def prediction_side(task, test_input, canvas_size):
+    """The side of the square canvas a test input is predicted on, the output's size being unknown. A task
+    whose demonstrations ever grow a side gets the whole canvas; any other 1.5 times the largest side its
+    grids reach, the test input's scaled by the demonstrations' largest output/input ratio. On the ARC-AGI-1
+    and ARC-AGI-2 training and evaluation sets no test output (of 2,083) is larger (a test checks it)."""
+    if any(o.shape[0] > i.shape[0] or o.shape[1] > i.shape[1] for i, o in task.train):
+        return canvas_size
+    ratio = max(max(o.shape) / min(i.shape) for i, o in task.train)
+    reach = max([max(g.shape) for pair in task.train for g in pair] + [math.ceil(ratio * max(test_input.shape))])
+    return min(canvas_size, math.ceil(1.5 * (max(reach, *test_input.shape) + 1)))
+
+
+class PredictionJob(NamedTuple):
+    task: Task
+    index: int                  # which of the task's test inputs
+    augmentation: Augmentation
+    embedding_id: int
+    side: int                   # of its canvas
+
+
+def prediction_jobs(tasks, training_set, config, views):
+    """One job per test input and view, in order: each test input under its task's first `views` augmentations."""
     task_index = {task_id: i for i, task_id in enumerate(training_set.task_ids)}
-    canvas = (config["canvas_size"], config["canvas_size"])  # the output's size is unknown: the full canvas
-    jobs = []  # (task, test input index, augmentation, embedding id)
+    return [PredictionJob(task, k, training_set.augmentation(task_index[task.id], a),
+                          training_set.embedding_id(task_index[task.id], a),
+                          prediction_side(task, test_input, config["canvas_size"]))
+            for task in tasks for k, test_input in enumerate(task.test_inputs) for a in range(views)]
+
+
+def run_predictions(jobs, predictor, batch_size):
+    """(decoded grid or None, confidence) per job, in the jobs' order, predicted in batches of similar sides,
+    each on the largest side of its batch (PAD is masked out of attention, so a larger canvas changes nothing)."""
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i].side)
+    grids, confidences = [None] * len(jobs), [0.0] * len(jobs)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        side = max(jobs[i].side for i in chunk)
+        canvases = encode_grids([augment_grid(jobs[i].task.test_inputs[jobs[i].index], jobs[i].augmentation)
+                                 for i in chunk], (side, side))
+        outputs, chunk_confidences = predictor(canvases, np.array([jobs[i].embedding_id for i in chunk], dtype=np.int64))
+        for i, output, confidence in zip(chunk, outputs, chunk_confidences):
+            grids[i], confidences[i] = decode_grid(output), float(confidence)
+    return grids, confidences
+
+
+def predict_tasks(tasks, training_set, predictor, config, views=None):
+    """{task id: [Vote per test input]}: every test input predicted under `views` (vote_augmentations unless
+    given) of its task's augmentations, decoded, mapped back and voted on. With no view, the fallback answers."""
+    views = config["vote_augmentations"] if views is None else views
+    jobs = prediction_jobs(tasks, training_set, config, views)
+    predictions, confidences = run_predictions(jobs, predictor, config["batch_size"])
+    votes, first = {}, 0
     for task in tasks:
-        index = task_index[task.id]
-        for k in range(len(task.test_inputs)):
-            for a in range(config["vote_augmentations"]):
-                jobs.append((task, k, training_set.augmentation(index, a), training_set.embedding_id(index, a)))
-    predictions, confidences = [], []
-    for start in range(0, len(jobs), config["batch_size"]):
-        chunk = jobs[start:start + config["batch_size"]]
-        canvases = encode_grids([augment_grid(task.test_inputs[k], aug) for task, k, aug, _ in chunk], canvas)
-        outputs, chunk_confidences = predictor(canvases, np.array([job[3] for job in chunk], dtype=np.int64))
-        predictions += [decode_grid(output) for output in outputs]
-        confidences += list(chunk_confidences)
-    votes = {task.id: [] for task in tasks}
-    per_input = config["vote_augmentations"]
-    for start in range(0, len(jobs), per_input):
-        task, k = jobs[start][:2]
-        span = slice(start, start + per_input)
-        votes[task.id].append(vote(predictions[span], [job[2] for job in jobs[span]], task.test_inputs[k],
-                                   confidences[span]))
+        votes[task.id] = []
+        for test_input in task.test_inputs:
+            span = slice(first, first + views)
+            votes[task.id].append(vote(predictions[span], [job.augmentation for job in jobs[span]], test_input,
+                                       confidences[span]))
+            first += views
     return votes
 
 
@@ -1493,15 +1527,33 @@ class Clock:
 @dataclass
 class Costs:
     """Seconds the end of the run needs, measured as the run goes, so that training stops in time for it."""
-    prediction: float        # one prediction (a test input under one augmentation); every evaluation refines it
-    num_predictions: int     # those the final evaluation and the test prediction make
+    prediction: float        # one prediction (a test input under one view); every evaluation refines it
+    inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
+    views: int               # views per test input in every prediction of the run (fitting_views)
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # the last training step
 
-    def final_seconds(self):
+    def prediction_seconds(self, views=None):
+        """A final evaluation and the test prediction, with a quarter more for safety."""
+        return 1.25 * self.prediction * self.inputs * (self.views if views is None else views)
+
+    def final_seconds(self, views=None):
         """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
-        return 1.25 * self.prediction * self.num_predictions + self.save + self.draw + 2.0
+        return self.prediction_seconds(views) + self.save + self.draw + 2.0
+
+
+def fitting_views(costs, clock, wanted):
+    """Views per test input that let the end of the run fit the budget: all `wanted` where they fit in the
+    time left; else as many as fit in half of it (the other half trains); else one if it fits at all; else
+    none, and the fallback answers written at the start stand."""
+    left = clock.budget - clock.used()
+    if costs.final_seconds(wanted) <= left or costs.inputs * costs.prediction <= 0:
+        return wanted
+    per_view = costs.prediction_seconds(1)
+    if (left / 2 - costs.final_seconds(0)) // per_view >= 1:
+        return min(wanted, int((left / 2 - costs.final_seconds(0)) // per_view))
+    return 1 if costs.final_seconds(1) <= left else 0
 
 
 def training_fraction_used(clock, costs):
@@ -1565,23 +1617,20 @@ def score_key(summary):
     return [summary["task_score"], summary["output_score"], summary["shape_accuracy"], summary["pixel_accuracy"]]
 
 
-def num_predictions(tasks, config):
-    return config["vote_augmentations"] * sum(len(task.test_inputs) for task in tasks)
+def num_inputs(tasks):
+    return sum(len(task.test_inputs) for task in tasks)
 
 
-def seconds_per_prediction(predictor, test_inputs, config):
-    """Seconds to predict one test input on the full canvas, timed on a batch of real test inputs after a
-    warm-up batch; refined by every evaluation."""
-    if not test_inputs:
+def seconds_per_prediction(predictor, jobs, batch_size):
+    """Seconds per prediction, timed after a warm-up on one batch of real jobs spread over all of them, on
+    the largest canvas among them (so rather more than less); refined by every evaluation."""
+    if not jobs:
         return 0.0
-    side = config["canvas_size"]
-    grids = [test_inputs[i % len(test_inputs)] for i in range(config["batch_size"])]
-    canvases = encode_grids(grids, (side, side))
-    ids = np.zeros(len(grids), dtype=np.int64)
-    predictor(canvases, ids)
+    sample = jobs[::max(1, len(jobs) // batch_size)][:batch_size]
+    run_predictions(sample, predictor, batch_size)
     start = time.perf_counter()
-    predictor(canvases, ids)
-    return (time.perf_counter() - start) / len(grids)
+    run_predictions(sample, predictor, batch_size)
+    return (time.perf_counter() - start) / len(sample)
 
 
 class RunPaths(NamedTuple):
@@ -1733,7 +1782,7 @@ def decide(run, state, clock, costs, signal_received):
     save = used - state.elapsed >= 60 * config["save_every_n_minutes"]
     due = ((config["eval_every_n_minutes"] > 0 and used - state.last_eval_time >= 60 * config["eval_every_n_minutes"])
            or (config["eval_every_n_epochs"] > 0 and state.epoch - state.last_eval_epoch >= config["eval_every_n_epochs"]))
-    evaluate = bool(run.evaluation) and due and used + 2 * costs.final_seconds() < clock.budget
+    evaluate = bool(run.evaluation) and costs.views > 0 and due and used + 2 * costs.final_seconds() < clock.budget
     focus = config["focus_fraction"] > 0 and training_fraction_used(clock, costs) >= 1 - config["focus_fraction"]
     stop, save, evaluate, focus = run.distributed.agree([STOP_REASONS.index(stop), save, evaluate, focus], run.device)
     return Decision(STOP_REASONS[stop], bool(save), bool(evaluate), bool(focus))
@@ -1774,7 +1823,8 @@ def evaluate(run, state, clock, costs, kind, progress):
     count as the best."""
     start = time.perf_counter()
     predictor = model_predictor(run.model, run.device, run.amp_dtype)
-    report = eval_report(run.evaluation, predict_tasks(run.evaluation, run.training_set, predictor, run.config))
+    report = eval_report(run.evaluation, predict_tasks(run.evaluation, run.training_set, predictor, run.config,
+                                                       costs.views))
     summary = report["summary"]
     improved = state.best_score is None or score_key(summary) > state.best_score
     if improved and run.distributed.is_main:
@@ -1797,9 +1847,9 @@ def evaluate(run, state, clock, costs, kind, progress):
                    f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                    + (" | new best" if improved else ""))
     if improved and run.distributed.is_main:
-        submit(run, clock, progress, f"the weights of step {state.step}")
+        submit(run, clock, progress, f"the weights of step {state.step}", costs.views)
     predicted = run.evaluation + (run.test_tasks if improved and run.distributed.is_main else [])
-    costs.prediction = (time.perf_counter() - start) / max(num_predictions(predicted, run.config), 1)
+    costs.prediction = (time.perf_counter() - start) / max(costs.views * num_inputs(predicted), 1)
     if run.distributed.is_main:
         draw_pictures(run, costs, progress, report if improved else None)
 
@@ -1813,10 +1863,10 @@ def save_submission(path, test_tasks, votes):
     return num_fallback
 
 
-def submit(run, clock, progress, weights):
+def submit(run, clock, progress, weights, views):
     """Predict the test tasks with the model's weights as they are and write submission.json (rank 0)."""
     votes = predict_tasks(run.test_tasks, run.training_set, model_predictor(run.model, run.device, run.amp_dtype),
-                          run.config)
+                          run.config, views)
     try:
         num_fallback = save_submission(run.paths.submission, run.test_tasks, votes)
     except OSError as error:  # a full disk: the previous submission stays whole
@@ -1827,10 +1877,11 @@ def submit(run, clock, progress, weights):
                    f"{run.paths.submission} at {clock.used():.0f}s of {clock.budget:.0f}s")
 
 
-def submission_at_the_end(run, state, clock, progress, may_predict):
+def submission_at_the_end(run, state, clock, costs, progress, may_predict):
     """The submission when training ends (rank 0). The best evaluation's answers are on disk already. With
-    no evaluation, the last weights predict the test tasks if `may_predict`, and the evaluation tasks that
-    have no answers, for eval_predictions.json (its report is returned); else the fallback answers stay."""
+    no evaluation, the last weights predict the test tasks if `may_predict` and, where the data has no
+    evaluation answers, the evaluation tasks for eval_predictions.json (its report is returned); else the
+    fallback answers stay."""
     if state.best_score is not None:
         progress.write(f"submission: {run.paths.submission} holds the answers of the best evaluation (step "
                        f"{state.best_step}, pass@2 {state.best_score[0]:.4f}); its report is {run.paths.evaluation}")
@@ -1838,9 +1889,12 @@ def submission_at_the_end(run, state, clock, progress, may_predict):
     if not may_predict:
         progress.write(f"submission: {run.paths.submission} keeps the fallback answers (no evaluation had run)")
         return None
-    submit(run, clock, progress, "the last weights")
+    submit(run, clock, progress, "the last weights", costs.views)
+    if run.evaluation:  # the answers exist, but no evaluation had the time to run
+        return None
     predictor = model_predictor(run.model, run.device, run.amp_dtype)
-    report = unscored_report(run.unscored, predict_tasks(run.unscored, run.training_set, predictor, run.config))
+    report = unscored_report(run.unscored, predict_tasks(run.unscored, run.training_set, predictor, run.config,
+                                                         costs.views))
     write_json_atomic(run.paths.evaluation, report)
     progress.write(f"evaluation predictions: {len(run.unscored)} tasks without answers, unscored, written to "
                    f"{run.paths.evaluation}")
@@ -1962,16 +2016,19 @@ def finish(run, state, clock, costs, reason, progress):
     main_process = run.distributed.is_main
     if reason in ("SIGINT", "SIGTERM"):
         if main_process:
-            submission_at_the_end(run, state, clock, progress, may_predict=True)
+            submission_at_the_end(run, state, clock, costs, progress, may_predict=True)
         print(f"stopped by {reason}: to continue, run the same command with --resume=True "
               f"(it restarts from {run.paths.last} at step {state.step})")
         return 128 + int(getattr(signal, reason))
-    if run.distributed.agree([bool(run.evaluation) and clock.used() + costs.final_seconds() <= clock.budget],
+    # What is left of the end once last.pt is written: training stopped with final_seconds() to go, so
+    # asking that again would skip the final evaluation whenever a save takes longer than two steps.
+    if run.distributed.agree([bool(run.evaluation) and costs.views > 0
+                              and clock.used() + costs.prediction_seconds() + costs.draw <= clock.budget],
                              run.device)[0]:
         evaluate(run, state, clock, costs, "final eval", progress)
     elif run.evaluation:
         print("final eval: skipped, the time left is kept for the test prediction")
-    unscored = submission_at_the_end(run, state, clock, progress, may_predict=True) if main_process else None
+    unscored = submission_at_the_end(run, state, clock, costs, progress, may_predict=True) if main_process else None
     record(run, {"kind": "end", "step": state.step, "elapsed": round(clock.used(), 2)})
     if main_process and draw_pictures(run, costs, progress, unscored) and "ipykernel" in sys.modules:
         from IPython.display import Image, display  # a notebook shows the pictures under the cell
@@ -1992,9 +2049,17 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
             save_submission(run.paths.submission, run.test_tasks, {})
     if not run.evaluation:
         print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
-    predictor = model_predictor(run.model, run.device, run.amp_dtype)
-    costs = Costs(seconds_per_prediction(predictor, [g for t in run.test_tasks + run.evaluation for g in t.test_inputs],
-                                         config), num_predictions(run.evaluation + run.unscored + run.test_tasks, config))
+    predicted = run.evaluation + run.unscored + run.test_tasks
+    views = config["vote_augmentations"]
+    costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
+                                         prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
+                  num_inputs(predicted), views)
+    costs.views = fitting_views(costs, clock, views)
+    if costs.views < views:
+        print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "
+              f"{costs.final_seconds(views):.0f}s of the {clock.budget - clock.used():.0f}s left: "
+              + (f"every prediction of this run uses {costs.views} view{'s' * (costs.views > 1)} instead" if costs.views else
+                 "no view fits, so the submission keeps the fallback answers written at the start"))
     progress = Progress(clock, interactive=sys.stderr.isatty() or "ipykernel" in sys.modules)
     print(f"training: {len(epoch_batches(training_set, config, 0))} steps per epoch of {len(training_set.inputs)} "
           f"pairs; budget {clock.budget:.0f}s, of which about {costs.final_seconds():.0f}s kept for the final "
@@ -2010,7 +2075,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
             print(f"error: training failed at step {state.step} (traceback above); {run.paths.last} holds the "
                   "last saved state")
             if distributed.is_main:  # the device may be broken: nothing more runs on it
-                submission_at_the_end(run, state, clock, progress, may_predict=False)
+                submission_at_the_end(run, state, clock, costs, progress, may_predict=False)
             return 1
         progress.close()
         return finish(run, state, clock, costs, reason, progress)

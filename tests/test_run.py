@@ -142,3 +142,29 @@ def test_a_resumed_run_keeps_the_precision_it_began_with(tmp_path, capsys):
     assert tf.main(args + ["--dtype=bfloat16"], presets={}) == 0
     assert tf.main(args + ["--resume=True", "--epochs=4"], presets={}) == 0
     assert "bfloat16, as the run began" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seconds, views", [(1.0, 1), (10.0, 0)])
+def test_final_predictions_too_slow_for_the_budget_are_cut_to_fit_and_said_so(tmp_path, monkeypatch, capsys, seconds,
+                                                                                 views):
+    # A model far too slow for its machine: 8 test inputs (4 evaluation, 4 test) under 2 views would need
+    # 1.25 x 16 x `seconds` of a 20 s budget. What the run measures is faked; the rest is real.
+    monkeypatch.setattr(tf, "seconds_per_prediction", lambda *arguments: seconds)
+    data = write_kaggle_folder(str(tmp_path / "data"), small_dataset())
+    budget, start = 20.0, time.perf_counter()
+    code = tf.main([*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}", f"--checkpoint_dir={tmp_path / 'ck'}",
+                    f"--target_runtime_hours={budget / 3600}", "--epochs=100000", "--log_every_n_steps=500"],
+                   presets={}, started=start)
+    assert code == 0 and time.perf_counter() - start <= budget
+    printed = capsys.readouterr().out
+    assert "budget: predicting 8 test inputs under 2 views would take about" in printed
+    test_tasks = tf.load_kaggle_folder(data)["test"]
+    submission = json.load(open(tmp_path / "out" / "submission.json"))
+    tf.validate_submission(submission, test_tasks)
+    if views:
+        assert "every prediction of this run uses 1 view instead" in printed
+        report = json.load(open(tmp_path / "out" / "eval_predictions.json"))
+        assert max(entry["votes"][0] for task in report["tasks"] for entry in task["test"]) == 1
+    else:
+        assert "no view fits, so the submission keeps the fallback answers" in printed
+        assert submission == tf.make_submission(test_tasks, {})[0]

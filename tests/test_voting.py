@@ -108,3 +108,17 @@ def test_predictions_are_batched_and_grouped_back_per_test_input(tmp_path):
     for task in tasks["evaluation"]:
         for test_input, task_vote in zip(task.test_inputs, votes[task.id]):
             assert np.array_equal(task_vote.attempts[0], test_input) and task_vote.votes[0] == 3
+
+
+@pytest.mark.parametrize("source", ["arc-agi-1", "arc-agi-2"])
+def test_no_arc_test_output_is_larger_than_the_canvas_it_is_predicted_on(source):
+    tasks, _ = tf.load_tasks({**tf.CONFIG, "data_source": source}, local_folder="/nonexistent", kaggle_root="/nonexistent")
+    too_large, sides = [], []
+    for task in tasks["training"] + tasks["evaluation"]:
+        for test_input, output in zip(task.test_inputs, task.test_outputs):
+            side = tf.prediction_side(task, test_input, 30)
+            sides.append(side)
+            if max(output.shape) > (30 if side == 30 else side - 1):  # room for the end marker, unless at the edge
+                too_large.append(task.id)
+    assert too_large == []
+    assert np.mean(np.square(sides)) < 0.95 * 900  # and the bound saves work
