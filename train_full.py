@@ -905,8 +905,9 @@ def autocast(device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
 
-def make_optimizers(model, config):
-    """AdamW for the transformer (no decay on norms and embeddings' vectors), SparseAdam for the task embeddings."""
+def make_optimizers(model, config, fused=False):
+    """AdamW for the transformer (no decay on norms and embeddings' vectors; `fused`, one kernel for all
+    parameters, on a GPU), SparseAdam for the task embeddings."""
     def decays(name, parameter):
         return parameter.dim() == 2 and "embedding" not in name and "prefix" not in name
     named = [(n, p) for n, p in model.named_parameters() if n != "task_embedding.weight"]
@@ -914,7 +915,7 @@ def make_optimizers(model, config):
     no_decay = [p for n, p in named if not decays(n, p)]
     dense = torch.optim.AdamW([{"params": decay, "weight_decay": config["weight_decay"]},
                                {"params": no_decay, "weight_decay": 0.0}],
-                              lr=config["learning_rate"], betas=(0.9, 0.95))
+                              lr=config["learning_rate"], betas=(0.9, 0.95), fused=fused)
     sparse = torch.optim.SparseAdam([model.task_embedding.weight], lr=config["task_embedding_lr"], betas=(0.9, 0.95))
     return dense, sparse
 
@@ -1077,15 +1078,17 @@ def prediction_jobs(tasks, training_set, config, views):
 
 def run_predictions(jobs, predictor, batch_size):
     """(decoded grid or None, confidence) per job, in the jobs' order, predicted in batches of similar sides,
-    each on the largest side of its batch (PAD is masked out of attention, so a larger canvas changes nothing)."""
+    each on the largest side of its batch (PAD is masked out of attention, so a larger canvas changes nothing).
+    A batch of one is padded with a copy: compiled blocks would recompile for that size."""
     order = sorted(range(len(jobs)), key=lambda i: jobs[i].side)
     grids, confidences = [None] * len(jobs), [0.0] * len(jobs)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         side = max(jobs[i].side for i in chunk)
+        padded = chunk * 2 if len(chunk) == 1 else chunk
         canvases = encode_grids([augment_grid(jobs[i].task.test_inputs[jobs[i].index], jobs[i].augmentation)
-                                 for i in chunk], (side, side))
-        outputs, chunk_confidences = predictor(canvases, np.array([jobs[i].embedding_id for i in chunk], dtype=np.int64))
+                                 for i in padded], (side, side))
+        outputs, chunk_confidences = predictor(canvases, np.array([jobs[i].embedding_id for i in padded], dtype=np.int64))
         for i, output, confidence in zip(chunk, outputs, chunk_confidences):
             grids[i], confidences[i] = decode_grid(output), float(confidence)
     return grids, confidences
@@ -1708,7 +1711,9 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
               f"{len(training_set.task_ids)} tasks" + ("" if pretrained["config"]["seed"] == config["seed"] else
                                                        f" (it was trained with seed {pretrained['config']['seed']})"))
     stepper = prepare_model(model, config, device, distributed)
-    optimizers = make_optimizers(model, config)
+    optimizers = make_optimizers(model, config, fused=device.type == "cuda")
+    if device.type == "cuda" and amp_dtype is None:  # fp32 matrix products on the tensor cores (TF32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     num_parameters = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
     print(f"model: {num_parameters:,} parameters + {model.task_embedding.weight.numel():,} in task embeddings | "

@@ -122,3 +122,19 @@ def test_no_arc_test_output_is_larger_than_the_canvas_it_is_predicted_on(source)
                 too_large.append(task.id)
     assert too_large == []
     assert np.mean(np.square(sides)) < 0.95 * 900  # and the bound saves work
+
+
+def test_no_prediction_batch_holds_a_single_canvas(tmp_path):
+    # A compiled model recompiles for a batch of one (its size is specialised), so the last batch is padded.
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
+    config = {**tf.CONFIG, "num_augmentations": 4, "vote_augmentations": 3, "batch_size": 11}
+    training_set = tf.build_training_set(tasks, config)
+    calls = []
+
+    def copy_predictor(canvases, embedding_ids):
+        calls.append(len(canvases))
+        return canvases.copy(), np.zeros(len(canvases))
+
+    votes = tf.predict_tasks(tasks["evaluation"], training_set, copy_predictor, config)
+    assert sum(calls) >= 12 and 1 not in calls  # 4 test inputs x 3 views: 11 and then 1
+    assert all(v.votes[0] == 3 for task_votes in votes.values() for v in task_votes)
