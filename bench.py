@@ -1,7 +1,8 @@
 """Speed benchmark: the seed's training step, a fixed-canvas batched step, and train_full.py's step, on
-the same machine, model width and depth, in one run.
+the same machine, model width and depth, in one run; and a self-check of the machine for a real run.
 
     python bench.py [--repeats=3] [--batches=8] [--dtype=auto] [--embed_dim=256 --num_layers=6 ...]
+    python bench.py --check [--key=value ...]     # about a minute: can this GPU run the kaggle preset?
 
 Prints, for each step: samples/s, useful cells/s (cells of real grids, not padding), achieved GFLOP/s on
 useful work and that as a fraction of the matrix-multiply peak measured here for the same dtype; then the
@@ -10,15 +11,19 @@ prints peak memory. Steps 2 and 3 run the same --batches batches of real pairs (
 an epoch); every figure is the median of --repeats timed repetitions after a warm-up.
 """
 import math
+import os
 import resource
+import socket
 import statistics
 import sys
 import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import train_full as tf
 
@@ -66,14 +71,22 @@ def training_flops(num_parameters, tokens, num_layers, embed_dim):
     return 6 * num_parameters * tokens + 12 * num_layers * embed_dim * tokens ** 2
 
 
-def matmul_peak(dtype, size=2048, repeats=5):
-    """GFLOP/s of a large square matrix multiply in `dtype` on this machine."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype, device=torch.device("cpu"), repeats=5):
+    """GFLOP/s of a large square matrix multiply in `dtype` on the device."""
+    size = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     a @ b
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
@@ -110,8 +123,8 @@ def main(argv):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {precision}; "
           f"embed_dim {dim}, num_layers {layers}, num_heads {config['num_heads']}, batch_size {config['batch_size']}, "
           f"compile {config['compile']}, median of {repeats}")
-    peak32 = matmul_peak(torch.float32)
-    peak = peak32 if amp_dtype is None else matmul_peak(amp_dtype)
+    peak32 = matmul_peak(torch.float32, device)
+    peak = peak32 if amp_dtype is None else matmul_peak(amp_dtype, device)
     print(f"matrix-multiply peak: {peak32:.0f} GFLOP/s fp32" + ("" if amp_dtype is None else
                                                                f", {peak:.0f} GFLOP/s {amp_dtype}"))
 
@@ -204,5 +217,138 @@ def main(argv):
         print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB resident")
 
 
+# -----------------------------------------------------------------------------
+# The self-check: what a real run needs of the machine, each part tried and reported in one table.
+
+def spread_batches(training_set, config, count):
+    """`count` batches of epoch 0 spread over its canvas sizes, as (pair indices, make_batch arrays)."""
+    epoch = sorted(tf.epoch_batches(training_set, config, epoch=0), key=lambda b: len(b[0]))
+    chosen = epoch[len(epoch) // (2 * count)::max(1, len(epoch) // count)][:count]
+    return [(pairs, tf.make_batch(training_set, pairs, augmentations, config["canvas_size"]))
+            for pairs, augmentations in chosen]
+
+
+def compile_counting(model, graphs):
+    """Compile the blocks as a run does, with inductor, appending to `graphs` for every graph compiled."""
+    from torch._inductor.compile_fx import compile_fx
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return compile_fx(graph_module, example_inputs)
+    for block in model.blocks:
+        block.compile(dynamic=True, backend=backend)
+
+
+def attention_backends(config, device, amp_dtype):
+    """The fused attention kernels that run the model's attention with its padding mask, in its precision."""
+    heads, width = config["num_heads"], config["embed_dim"] // config["num_heads"]
+    q = torch.randn(2, heads, 50, width, device=device)
+    keep = torch.ones(2, 1, 1, 50, dtype=torch.bool, device=device)
+    keep[1, ..., 30:] = False  # a padded canvas
+    running = []
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+        try:
+            with sdpa_kernel([backend]), tf.autocast(device, amp_dtype):
+                F.scaled_dot_product_attention(q, q, q, attn_mask=keep)
+            running.append(backend.name.lower())
+        except RuntimeError:
+            continue
+    return running
+
+
+def ddp_step(model, optimizers, scaler, batch, device, amp_dtype, config):
+    """One training step through DistributedDataParallel in a process group of one (NCCL on a GPU)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=0, world_size=1)
+    try:
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["task_embedding.weight"])
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        loss = tf.train_step(wrapped, optimizers, scaler, batch, 1.0, device, amp_dtype, config)[0]
+        return backend, float(loss)
+    finally:
+        dist.destroy_process_group()
+
+
+def self_check(argv):
+    """Try each thing a real run needs on this machine, at the kaggle preset (or the settings given), and
+    print one table. Returns 0, or 1 naming what failed."""
+    config = tf.parse_config(["--preset=kaggle", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
+    rows = []  # (what, result, passed)
+    device = tf.choose_device(config)
+    name = (f"{torch.cuda.get_device_name(device)}, compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))}"
+            if device.type == "cuda" else f"{torch.get_num_threads()} threads")
+    rows.append(("device", f"{device}: {name}; torch {torch.__version__}", True))
+    amp_dtype, reason = tf.choose_precision(config, device)
+    rows.append(("precision", reason, True))
+    tasks, _ = tf.load_tasks(config)
+    training_set = tf.build_training_set(tasks, config)
+    spread = spread_batches(training_set, config, 6)
+    batches = [batch for _, batch in spread]
+    torch.manual_seed(0)
+    model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
+    optimizers = tf.make_optimizers(model, config, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    graphs = []
+    try:
+        if config["compile"]:
+            compile_counting(model, graphs)
+        start = time.perf_counter()
+        tf.train_step(model, optimizers, scaler, batches[0], 1.0, device, amp_dtype, config)
+        first = len(graphs)
+        for batch in batches[1:]:
+            tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
+        sides = sorted({batch[0].shape[1:] for batch in batches})
+        recompiles = len(graphs) - first
+        rows.append(("compile", f"{len(graphs)} graph(s) for {config['num_layers']} blocks over {len(sides)} canvas shapes, "
+                     f"{recompiles} after the first, {time.perf_counter() - start:.0f}s" if config["compile"] else
+                     "off (compile=False)", recompiles <= config["num_layers"]))
+    except Exception as error:
+        rows.append(("compile", f"{type(error).__name__}: {str(error)[:200]}", False))
+    fused = attention_backends(config, device, amp_dtype)
+    rows.append(("attention", f"fused kernels with the padding mask: {', '.join(fused) or 'none (the slow math kernel)'}",
+                 bool(fused) or device.type != "cuda"))
+    try:
+        backend, loss = ddp_step(model, optimizers, scaler, batches[0], device, amp_dtype, config)
+        rows.append(("DistributedDataParallel", f"{backend}, 1 process: a step ran, loss {loss:.3f}", math.isfinite(loss)))
+    except Exception as error:
+        rows.append(("DistributedDataParallel", f"{type(error).__name__}: {str(error)[:200]}", False))
+    largest = max(batches, key=lambda batch: batch[0].size)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tf.train_step(model, optimizers, scaler, largest, 1.0, device, amp_dtype, config)
+    if device.type == "cuda":
+        used, total = torch.cuda.max_memory_allocated(device), torch.cuda.get_device_properties(device).total_memory
+        rows.append(("memory", f"{used / 2 ** 30:.2f} GiB of {total / 2 ** 30:.0f} GiB at batch {config['batch_size']}, "
+                     f"canvas {largest[0].shape[1]}x{largest[0].shape[2]}", used < 0.9 * total))
+    else:
+        rows.append(("memory", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB resident", True))
+    pairs, batch = spread[len(spread) // 2]  # a batch of the epoch's middle size
+    parameters = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
+    flops = sum(training_flops(parameters, useful_cells(training_set.inputs[p], training_set.outputs[p])
+                               + config["num_prefix_tokens"], config["num_layers"], config["embed_dim"]) for p in pairs)
+    seconds = median_seconds(lambda: float(tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype,
+                                                         config)[0]), 3)
+    peak = matmul_peak(torch.float32 if amp_dtype is None else amp_dtype, device)
+    rows.append(("speed", f"{len(pairs) / seconds:.0f} samples/s on a batch of {len(pairs)}: {flops / seconds / 1e9:.0f} "
+                 f"useful GFLOP/s, {flops / seconds / 1e9 / peak:.1%} of the {peak / 1e3:.1f} TFLOP/s matrix-multiply "
+                 "peak measured here", True))
+    width = max(len(what) for what, _, _ in rows)
+    for what, result, passed in rows:
+        print(f"{what:<{width}}  {'ok    ' if passed else 'FAILED'}  {result}")
+    failed = [what for what, _, passed in rows if not passed]
+    print("self-check: " + ("everything a run needs works here" if not failed else "FAILED: " + ", ".join(failed)))
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        if "--check" in sys.argv[1:]:
+            sys.exit(self_check([a for a in sys.argv[1:] if a != "--check"]))
+        main(sys.argv[1:])
+    except (tf.ConfigError, tf.ARCDataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
