@@ -93,17 +93,20 @@ def test_predicting_a_task_runs_augment_encode_decode_invert_and_vote(tmp_path):
         assert task_vote.votes[0] == 8
 
 
-def test_predictions_are_batched_and_grouped_back_per_test_input(tmp_path):
+def predict_with_copies(tmp_path, batch_size):
+    """Votes over 4 test inputs x 3 views from a predictor that copies its input, and the batch sizes it saw."""
     tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
-    config = {**tf.CONFIG, "num_augmentations": 4, "vote_augmentations": 3, "batch_size": 5}
-    training_set = tf.build_training_set(tasks, config)
+    config = {**tf.CONFIG, "num_augmentations": 4, "vote_augmentations": 3, "batch_size": batch_size}
     calls = []
 
     def copy_predictor(canvases, embedding_ids):
         calls.append(len(canvases))
         return canvases.copy(), np.zeros(len(canvases))
+    return tasks, tf.predict_tasks(tasks["evaluation"], tf.build_training_set(tasks, config), copy_predictor, config), calls
 
-    votes = tf.predict_tasks(tasks["evaluation"], training_set, copy_predictor, config)
+
+def test_predictions_are_batched_and_grouped_back_per_test_input(tmp_path):
+    tasks, votes, calls = predict_with_copies(tmp_path, batch_size=5)
     assert calls == [5, 5, 2]  # 4 test inputs x 3 augmentations
     for task in tasks["evaluation"]:
         for test_input, task_vote in zip(task.test_inputs, votes[task.id]):
@@ -126,15 +129,6 @@ def test_no_arc_test_output_is_larger_than_the_canvas_it_is_predicted_on(source)
 
 def test_no_prediction_batch_holds_a_single_canvas(tmp_path):
     # A compiled model recompiles for a batch of one (its size is specialised), so the last batch is padded.
-    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
-    config = {**tf.CONFIG, "num_augmentations": 4, "vote_augmentations": 3, "batch_size": 11}
-    training_set = tf.build_training_set(tasks, config)
-    calls = []
-
-    def copy_predictor(canvases, embedding_ids):
-        calls.append(len(canvases))
-        return canvases.copy(), np.zeros(len(canvases))
-
-    votes = tf.predict_tasks(tasks["evaluation"], training_set, copy_predictor, config)
+    _, votes, calls = predict_with_copies(tmp_path, batch_size=11)
     assert sum(calls) >= 12 and 1 not in calls  # 4 test inputs x 3 views: 11 and then 1
     assert all(v.votes[0] == 3 for task_votes in votes.values() for v in task_votes)
