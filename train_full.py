@@ -682,14 +682,37 @@ def epoch_batches(training_set, config, epoch, focus=False):
     return [(order[batches[i]], augmentation[batches[i]]) for i in rng.permutation(len(batches))]
 
 
-def make_batch(training_set, pairs, augmentation_indices, canvas_size):
-    """Input canvases, target canvases (B, H, W) and embedding ids (B,) as int64 numpy arrays."""
-    examples = [training_set.example(int(p) * training_set.num_augmentations + int(a))
-                for p, a in zip(pairs, augmentation_indices)]
+class Batch(NamedTuple):
+    """A batch as one process trains on it: its slice of the pairs as int64 arrays, and what weighs them."""
+    inputs: np.ndarray          # (B, H, W) input canvases
+    targets: np.ndarray         # (B, H, W) target canvases
+    embedding_ids: np.ndarray   # (B,)
+    cells: int = 0              # cells carrying a loss in the whole batch, every process's slice (0: those here)
+    weight: float = 1.0         # 0 for a process with no pair of this batch: it runs one, which counts for nothing
+
+
+def loss_cells(height, width, canvas_size):
+    """Cells of a grid's target canvas that carry a loss: the grid, and its end markers where they fit."""
+    return (height * width + (height if width < canvas_size else 0)
+            + ((width + (width < canvas_size)) if height < canvas_size else 0))
+
+
+def make_batch(training_set, pairs, augmentation_indices, canvas_size, rank=0, world_size=1):
+    """The Batch of process `rank` of `world_size` (an equal slice each) for the pairs under their
+    augmentations. Only that slice is built; the whole batch's loss cells follow from the grids' shapes."""
+    mine = np.array_split(np.arange(len(pairs)), world_size)[rank]
+    weight = 1.0 if len(mine) else 0.0
+    examples = [training_set.example(int(pairs[i]) * training_set.num_augmentations + int(augmentation_indices[i]))
+                for i in (mine if len(mine) else [0])]
     shape = canvas_shape([grid for example in examples for grid in example[:2]], canvas_size)
     inputs = encode_grids([example[0] for example in examples], shape)
     targets = encode_grids([example[1] for example in examples], shape)
-    return inputs.astype(np.int64), targets.astype(np.int64), np.array([e[2] for e in examples], dtype=np.int64)
+    dihedral = training_set.dihedral[training_set.pair_task[pairs], augmentation_indices]
+    transposed = (dihedral >= 4) != (dihedral % 2 == 1)  # a transpose and an odd rotation each swap the sides
+    cells = sum(loss_cells(*(training_set.outputs[p].shape[::-1] if turn else training_set.outputs[p].shape), canvas_size)
+                for p, turn in zip(pairs, transposed))
+    return Batch(inputs.astype(np.int64), targets.astype(np.int64),
+                 np.array([e[2] for e in examples], dtype=np.int64), int(cells), weight)
 
 
 # -----------------------------------------------------------------------------
@@ -940,34 +963,35 @@ def masked_loss_and_accuracy(logits, targets):
 
 def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config, micro_batches=1,
                distributed=SINGLE_PROCESS):
-    """One optimisation step on a batch of numpy arrays. Under torchrun each process takes its slice of the
-    batch (model is then the DistributedDataParallel wrapper); a slice runs as `micro_batches` parts (for a
-    batch that does not fit in memory at once). Every part's loss is weighted by its share of the batch's
-    counted cells, so the gradient is the whole batch's however it is split. Returns (loss, accuracy,
+    """One optimisation step on a Batch (or the arrays of a whole one). Under torchrun each process has its
+    slice of the batch (model is then the DistributedDataParallel wrapper); a slice runs as `micro_batches`
+    parts (for a batch that does not fit in memory at once). Every part's loss is weighted by its share of
+    the batch's loss cells, so the gradient is the whole batch's however it is split. Returns (loss, accuracy,
     finite): this process's parts of the batch's loss and accuracy as tensors (over the processes they add
     up to the batch's); finite is False when the loss or the gradients were not finite on any process, and
     then no update was made. Reading `finite` is the step's one host-device sync."""
     dense, sparse = optimizers
     dense.param_groups[0]["lr"] = dense.param_groups[1]["lr"] = config["learning_rate"] * lr_factor
     sparse.param_groups[0]["lr"] = config["task_embedding_lr"] * lr_factor
-    counted = batch[1] != PAD
-    mine = np.array_split(np.arange(len(batch[0])), distributed.world_size)[distributed.rank]
+    batch = Batch(*batch)
+    counted = batch.targets != PAD
+    cells = batch.cells or counted.sum()
     # DistributedDataParallel averages over the processes, so each scales its share up by their number. A
     # process with no pair of this batch still runs one at zero weight: every process must join each exchange.
-    scale = distributed.world_size if len(mine) else 0.0
-    parts = [part for part in np.array_split(mine if len(mine) else np.arange(1), micro_batches) if len(part)]
+    scale = distributed.world_size * batch.weight
+    parts = [part for part in np.array_split(np.arange(len(batch.inputs)), micro_batches) if len(part)]
     total_loss = total_accuracy = 0.0
     for i, part in enumerate(parts):
-        inputs, targets, embedding_ids = (torch.from_numpy(a[part]).to(device, non_blocking=True) for a in batch)
+        inputs, targets, embedding_ids = (torch.from_numpy(a[part]).to(device, non_blocking=True) for a in batch[:3])
         last = i == len(parts) - 1
         with (model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()):
             with autocast(device, amp_dtype):
                 logits = model(inputs, embedding_ids)
             loss, accuracy = masked_loss_and_accuracy(logits, targets)
-            share = counted[part].sum() / counted.sum()
+            share = counted[part].sum() / cells
             scaler.scale(loss * scale * share).backward()
-        total_loss = total_loss + loss.detach() * share * bool(scale)
-        total_accuracy = total_accuracy + accuracy.detach() * share * bool(scale)
+        total_loss = total_loss + loss.detach() * share * batch.weight
+        total_accuracy = total_accuracy + accuracy.detach() * share * batch.weight
     distributed.average_sparse_gradient(sparse.param_groups[0]["params"][0])
     scaler.unscale_(dense)
     scaler.unscale_(sparse)
@@ -1743,8 +1767,8 @@ class EpochBatches:
     """The run's batches in order, epoch after epoch, read at the place a TrainState holds: this owns the
     epoch rollover and the focus switch. An epoch's batches follow from (seed, epoch, focus) alone, so a
     resumed run replays the ones it stopped in."""
-    def __init__(self, training_set, config):
-        self.training_set, self.config = training_set, config
+    def __init__(self, training_set, config, distributed):
+        self.training_set, self.config, self.distributed = training_set, config, distributed
         self.key, self.batches = None, []
 
     def of_epoch(self, state):
@@ -1754,11 +1778,13 @@ class EpochBatches:
         return self.batches
 
     def next(self, state, focus):
-        """The arrays of the batch at the state's place. An epoch takes `focus` when it begins, and keeps it."""
+        """(this process's Batch at the state's place, the whole batch's number of pairs). An epoch takes
+        `focus` when it begins, and keeps it."""
         if state.batch == 0:
             state.focus = focus
         pairs, augmentations = self.of_epoch(state)[state.batch]
-        return make_batch(self.training_set, pairs, augmentations, self.config["canvas_size"])
+        return make_batch(self.training_set, pairs, augmentations, self.config["canvas_size"], self.distributed.rank,
+                          self.distributed.world_size), len(pairs)
 
     def advance(self, state):
         state.batch += 1
@@ -1973,7 +1999,7 @@ def skip_nonfinite_step(run, state, clock, progress):
 def training_loop(run, state, clock, costs, stop_signals, progress):
     """Train until the epochs are done or a stop is decided; returns why training ended."""
     config = run.config
-    batches = EpochBatches(run.training_set, config)
+    batches = EpochBatches(run.training_set, config, run.distributed)
     total_steps = config["epochs"] * len(epoch_batches(run.training_set, config, 0))
     interval = Interval()
     while state.epoch < config["epochs"]:
@@ -1988,7 +2014,7 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
         if state.batch == 0 and decision.focus and not state.focus:
             progress.write(f"epoch {state.epoch}: the last {config['focus_fraction']:.0%} of the budget trains on "
                            "the evaluation and test tasks' demonstrations alone")
-        batch = batches.next(state, decision.focus)
+        batch, batch_pairs = batches.next(state, decision.focus)
         progress_fraction = max(state.step / total_steps, training_fraction_used(clock, costs))
         lr_factor = state.lr_scale * learning_rate_factor(state.step, progress_fraction, config)
         try:
@@ -2001,7 +2027,7 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
         if finite:
             state.step += 1
             state.nonfinite_in_a_row = 0
-            interval.add(loss, accuracy, len(batch[0]))
+            interval.add(loss, accuracy, batch_pairs)
         elif skip_nonfinite_step(run, state, clock, progress):
             continue
         batches.advance(state)

@@ -132,11 +132,26 @@ def test_an_epoch_draws_every_pair_once_in_batches_of_similar_size(tmp_path):
     assert not np.array_equal(tf.epoch_batches(training_set, config, epoch=4)[0][0], batches[0][0])
     useful = padded = 0
     for chosen, augmentation_indices in batches:
-        inputs, targets, _ = tf.make_batch(training_set, chosen, augmentation_indices, 30)
+        inputs, targets = tf.make_batch(training_set, chosen, augmentation_indices, 30)[:2]
         padded += inputs.size
         useful += sum(max(training_set.inputs[p].size, training_set.outputs[p].size) for p in chosen)
     assert useful / padded > 0.6  # a random batch cut to its largest grid keeps about 0.25
     assert abs(len(pairs) / len(batches) - 32) < 12
+
+
+@pytest.mark.parametrize("canvas_size", [30, 5])  # 5: grids as tall as the canvas, no end row
+def test_each_process_builds_only_its_slice_of_a_batch_and_knows_the_whole_batchs_loss_cells(tmp_path, canvas_size):
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
+    config = {**CONFIG, "num_augmentations": 8, "batch_size": 13, "canvas_size": canvas_size}
+    training_set = tf.build_training_set(tasks, config)
+    for chosen, augmentation_indices in tf.epoch_batches(training_set, config, epoch=0):
+        whole = tf.make_batch(training_set, chosen, augmentation_indices, canvas_size)
+        assert whole.cells == (whole.targets != tf.PAD).sum() and len(whole.inputs) == len(chosen)
+        slices = [tf.make_batch(training_set, chosen, augmentation_indices, canvas_size, rank, 3) for rank in range(3)]
+        assert [len(s.inputs) for s in slices if s.weight] == [len(part) for part in np.array_split(chosen, 3) if len(part)]
+        assert all(s.cells == whole.cells for s in slices)
+        built = [tf.decode_grid(t) for s in slices if s.weight for t in s.targets]
+        assert all(np.array_equal(a, b) for a, b in zip(built, map(tf.decode_grid, whole.targets)))
 
 
 def test_the_dev_benchmark_trains_on_no_benchmark_answer():
