@@ -1743,9 +1743,11 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
     print(f"model: {num_parameters:,} parameters + {model.task_embedding.weight.numel():,} in task embeddings | "
           f"device {device} | {precision}" + (" | compiled" if config["compile"] else "")
           + (f" | {distributed.world_size} processes" if distributed.world_size > 1 else ""))
-    state = TrainState(dtype=next(name for name, dtype in PRECISIONS.items() if dtype == amp_dtype))
+    dtype_name = next(name for name, dtype in PRECISIONS.items() if dtype == amp_dtype)
+    state = TrainState(dtype=dtype_name)
     if resumed:
         state = restore_checkpoint(resumed, model, optimizers, scaler)
+        state.dtype = dtype_name  # fp16 from here if a bf16 run moved to a T4
         clock.used_before = state.elapsed
         print(f"resumed from {paths.last}: step {state.step}, epoch {state.epoch}, "
               f"{state.elapsed:.0f}s of the budget used")
