@@ -2,7 +2,7 @@
 the same machine, model width and depth, in one run; and a self-check of the machine for a real run.
 
     python bench.py [--repeats=3] [--batches=8] [--dtype=auto] [--embed_dim=256 --num_layers=6 ...]
-    python bench.py --check [--key=value ...]     # about a minute: can this GPU run the kaggle preset?
+    python bench.py --check [--key=value ...]     # can this machine run the kaggle preset? one table
 
 Prints, for each step: samples/s, useful cells/s (cells of real grids, not padding), achieved GFLOP/s on
 useful work and that as a fraction of the matrix-multiply peak measured here for the same dtype; then the
