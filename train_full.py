@@ -520,6 +520,11 @@ def invert_augmentation(augmentation):
     return Augmentation(dihedral, tuple(int(c) for c in np.argsort(augmentation.colours)))
 
 
+def swaps_sides(dihedral):
+    """Whether dihedral transform(s) swap a grid's height and width: a transpose and an odd rotation each do."""
+    return (np.asarray(dihedral) >= 4) != (np.asarray(dihedral) % 2 == 1)
+
+
 def augment_task(task, augmentation):
     """The whole task under one augmentation: demonstrations, test inputs and (where known) test outputs."""
     def apply(grids):
@@ -662,7 +667,7 @@ def epoch_batches(training_set, config, epoch, focus=False):
     heights, widths = pair_canvas_sides(training_set, config["canvas_size"])
     cells_per_batch = config["batch_size"] * float(np.mean(heights[pairs] * widths[pairs]))
     dihedral = training_set.dihedral[training_set.pair_task[order], augmentation]
-    transposed = (dihedral >= 4) != (dihedral % 2 == 1)  # a transpose and an odd rotation each swap the sides
+    transposed = swaps_sides(dihedral)
     height = np.where(transposed, widths[order], heights[order])
     width = np.where(transposed, heights[order], widths[order])
     batches = []
@@ -707,8 +712,7 @@ def make_batch(training_set, pairs, augmentation_indices, canvas_size, rank=0, w
     shape = canvas_shape([grid for example in examples for grid in example[:2]], canvas_size)
     inputs = encode_grids([example[0] for example in examples], shape)
     targets = encode_grids([example[1] for example in examples], shape)
-    dihedral = training_set.dihedral[training_set.pair_task[pairs], augmentation_indices]
-    transposed = (dihedral >= 4) != (dihedral % 2 == 1)  # a transpose and an odd rotation each swap the sides
+    transposed = swaps_sides(training_set.dihedral[training_set.pair_task[pairs], augmentation_indices])
     cells = sum(loss_cells(*(training_set.outputs[p].shape[::-1] if turn else training_set.outputs[p].shape), canvas_size)
                 for p, turn in zip(pairs, transposed))
     return Batch(inputs.astype(np.int64), targets.astype(np.int64),
@@ -916,9 +920,9 @@ def choose_precision(config, device):
 def resumed_precision(began_in, config, device):
     """A resumed run goes on in the precision it began in (so its numbers match), unless that is bf16 on a
     GPU without bf16 units (a run from an L4 resumed on a T4): then fp16, and the reason says so."""
-    if config["dtype"] != "auto":
-        return choose_precision(config, device)
     chosen, reason = choose_precision(config, device)
+    if config["dtype"] != "auto":
+        return chosen, reason
     if began_in == "bfloat16" and chosen is torch.float16:
         return chosen, f"the run began in bfloat16, but here {reason}"
     return PRECISIONS[began_in], f"{began_in}, as the run began"
@@ -1359,8 +1363,9 @@ def resolve_output_dir(config):
 # -----------------------------------------------------------------------------
 # Checkpoints. last.pt holds all a run needs to go on: model, optimizers, gradient scaler, the loop's
 # TrainState, torch RNG states, config and the task vocabulary; best.pt holds the weights that scored best
-# and their evaluation report. Both are written atomically, and every one (resume, warm start, roll-back,
-# best weights) is read back through load_checkpoint, which checks that it fits this run. The
+# and their evaluation report (the submission on disk is made from the same weights). Both are written
+# atomically; every checkpoint read (resume, warm start, roll-back) goes through load_checkpoint, which
+# checks that it fits this run. The
 # learning-rate schedule is a function of (step, budget used), both in the TrainState.
 
 class CheckpointError(ValueError):
@@ -1384,7 +1389,7 @@ class TrainState:
     micro_batches: int = 1          # parts each batch runs in; doubled by each out-of-memory error
     nonfinite_steps: int = 0        # steps skipped for a non-finite loss or gradient, in all
     nonfinite_in_a_row: int = 0     # and in a row now
-    dtype: str = "float32"          # the precision the run began in, which a resumed run keeps
+    dtype: str = "float32"          # the precision the run trains in; a resumed run keeps it (but bf16 on a T4)
 
 
 def save_checkpoint(path, model, optimizers, scaler, state, config, task_ids):
@@ -1577,9 +1582,9 @@ def fitting_views(costs, clock, wanted):
     left = clock.budget - clock.used()
     if costs.final_seconds(wanted) <= left or costs.inputs * costs.prediction <= 0:
         return wanted
-    per_view = costs.prediction_seconds(1)
-    if (left / 2 - costs.final_seconds(0)) // per_view >= 1:
-        return min(wanted, int((left / 2 - costs.final_seconds(0)) // per_view))
+    in_half = int((left / 2 - costs.final_seconds(0)) // costs.prediction_seconds(1))
+    if in_half >= 1:
+        return min(wanted, in_half)
     return 1 if costs.final_seconds(1) <= left else 0
 
 
