@@ -43,7 +43,7 @@ def test_a_checkpoint_holds_no_gpu_random_state_and_resumes_with_a_gradient_scal
     assert set(checkpoint["rng"]) == {"torch"}  # nothing on the device draws random numbers
     model, _ = model_and_batch(seed=1)
     scaler = torch.amp.GradScaler("cpu", enabled=True)  # the same run, now in fp16 on a T4
-    state = tf.restore_checkpoint(checkpoint, model, tf.make_optimizers(model, CONFIG), scaler)
+    state = tf.restore_checkpoint("last.pt", checkpoint, model, tf.make_optimizers(model, CONFIG), scaler)
     assert state.step == 7 and scaler.is_enabled()
 
 
@@ -58,5 +58,15 @@ def test_a_checkpoint_saved_with_four_gpus_resumes_on_one(tmp_path, monkeypatch)
     monkeypatch.setattr(tf.torch.cuda, "set_rng_state_all", one_gpu)
     model, _ = model_and_batch(seed=1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    assert tf.restore_checkpoint(checkpoint, model, tf.make_optimizers(model, CONFIG), scaler).step == 7
+    assert tf.restore_checkpoint("last.pt", checkpoint, model, tf.make_optimizers(model, CONFIG), scaler).step == 7
     assert all(np.allclose(a, b) for a, b in zip(model.state_dict().values(), model_and_batch()[0].state_dict().values()))
+
+
+def test_a_checkpoint_from_before_muon_is_refused_for_resuming_with_a_way_on(tmp_path):
+    checkpoint = torch.load(checkpoint_of_a_bf16_run(tmp_path), weights_only=True)
+    optimizers = checkpoint.pop("optimizers")
+    checkpoint["dense_optimizer"], checkpoint["sparse_optimizer"] = optimizers[1], optimizers[2]  # as saved before
+    model, _ = model_and_batch(seed=1)
+    with pytest.raises(tf.CheckpointError, match="last.pt: written by an older train_full.py .* --init_from"):
+        tf.restore_checkpoint("ck/last.pt", checkpoint, model, tf.make_optimizers(model, CONFIG),
+                              torch.amp.GradScaler("cpu", enabled=False))

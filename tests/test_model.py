@@ -141,3 +141,32 @@ def test_compiled_blocks_train_and_predict_like_eager_ones():
         losses.append((run, tokens))
     assert np.allclose(losses[0][0], losses[1][0], rtol=1e-4)
     assert np.array_equal(losses[0][1], losses[1][1])
+
+
+def test_muon_holds_the_blocks_matrices_and_every_parameter_has_one_optimizer():
+    model, _ = model_and_batch()
+    muon, adamw, sparse = tf.make_optimizers(model, CONFIG)
+    owners = {}
+    for optimizer in (muon, adamw, sparse):
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                owners.setdefault(id(parameter), []).append(type(optimizer).__name__)
+    names = {name: owners[id(p)] for name, p in model.named_parameters()}
+    assert all(len(holders) == 1 for holders in names.values())
+    assert names["blocks.0.attention.qkv.weight"] == names["blocks.1.mlp.down.weight"] == ["Muon"]
+    assert names["head.weight"] == names["token_embedding.weight"] == names["blocks.0.mlp_norm.weight"] == ["AdamW"]
+    assert names["task_embedding.weight"] == ["SparseAdam"]
+    # The schedule scales each group's own peak rate.
+    canvases = tf.encode_grids(model_and_batch()[1], (8, 6)).astype(np.int64)
+    tf.train_step(model, (muon, adamw, sparse), torch.amp.GradScaler("cpu", enabled=False),
+                  (canvases, canvases, np.array([0, 1, 2])), 0.5, torch.device("cpu"), None, CONFIG)
+    assert muon.param_groups[0]["lr"] == adamw.param_groups[1]["lr"] == 0.5 * CONFIG["learning_rate"]
+    assert sparse.param_groups[0]["lr"] == 0.5 * CONFIG["task_embedding_lr"]
+
+
+def test_with_a_decay_fraction_the_rate_holds_its_peak_then_decays_over_the_last_part():
+    config = {**CONFIG, "lr_decay_fraction": 0.25}
+    factors = [tf.learning_rate_factor(step, step / 100, config) for step in range(101)]
+    assert factors[10:76] == [1.0] * 66
+    assert all(a > b for a, b in zip(factors[75:], factors[76:]))
+    assert factors[100] == pytest.approx(0.1) and tf.learning_rate_factor(50, 0.875, config) == pytest.approx(0.55)

@@ -43,7 +43,7 @@ def test_the_quick_preset_on_a_small_folder_writes_every_output(tmp_path):
                                                    "learning_rate", "samples_per_s"}
     assert any(m["kind"] == "final eval" for m in metrics)
     checkpoint = torch.load(ck / "last.pt", weights_only=True)
-    assert set(checkpoint) >= {"model", "dense_optimizer", "sparse_optimizer", "scaler", "state", "rng", "config",
+    assert set(checkpoint) >= {"model", "optimizers", "scaler", "state", "rng", "config",
                                "task_ids"}
     assert checkpoint["state"]["epoch"] == 20 and checkpoint["state"]["step"] == metrics[-1]["step"] > 0
     assert checkpoint["task_ids"][-2:] == ["evalA", "evalB"]

@@ -132,3 +132,16 @@ def test_no_prediction_batch_holds_a_single_canvas(tmp_path):
     _, votes, calls = predict_with_copies(tmp_path, batch_size=11)
     assert sum(calls) >= 12 and 1 not in calls  # 4 test inputs x 3 views: 11 and then 1
     assert all(v.votes[0] == 3 for task_votes in votes.values() for v in task_votes)
+
+
+def test_the_report_says_where_the_answer_stands_among_the_candidates_even_when_the_vote_missed_it():
+    other = np.array([[1, 1], [1, 1], [1, 1]], np.uint8)
+    answers = [WRONG] * 4 + [other] * 3 + [TRUTH]  # the answer was predicted once: third of three candidates
+    missed = tf.vote(predicted_under(answers, AUGMENTATIONS), AUGMENTATIONS, TEST_INPUT)
+    won = tf.vote(predicted_under([TRUTH] * 8, AUGMENTATIONS), AUGMENTATIONS, TEST_INPUT)
+    never = tf.vote(predicted_under([WRONG] * 8, AUGMENTATIONS), AUGMENTATIONS, TEST_INPUT)
+    tasks = [tf.Task(name, "evaluation", [(TEST_INPUT, TRUTH)], [TEST_INPUT], [TRUTH]) for name in "abc"]
+    report = tf.eval_report(tasks, {"a": [missed], "b": [won], "c": [never]})
+    assert [t["test"][0]["answer_rank"] for t in report["tasks"]] == [3, 1, None]
+    assert [t["test"][0]["solved"] for t in report["tasks"]] == [False, True, False]
+    assert report["summary"]["answer_among_candidates"] == 2
