@@ -940,47 +940,6 @@ def autocast(device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
 
-def orthogonalise(matrix, steps=5):
-    """An approximately orthogonal matrix with `matrix`'s singular vectors (U S' V^T, S' near 1): the quintic
-    Newton-Schulz iteration Muon uses, in bf16 as torch.optim.Muon runs it."""
-    x = matrix.bfloat16()
-    tall = x.size(0) > x.size(1)
-    x = x.T if tall else x
-    x = x / x.norm().clamp(min=1e-7)  # the spectral norm at most 1, where the iteration converges
-    for _ in range(steps):
-        gram = x @ x.T
-        x = 3.4445 * x + (-4.7750 * gram + 2.0315 * gram @ gram) @ x
-    return (x.T if tall else x).to(matrix.dtype)
-
-
-class NorMuon(torch.optim.Optimizer):
-    """Muon (momentum, then the update orthogonalised) with each output row of the update divided by the root
-    of its running mean square, the Frobenius norm kept (NorMuon, arXiv 2510.05491): orthogonalising evens out
-    the directions of a matrix, the row normalisation evens out its neurons. The step is scaled as
-    torch.optim.Muon's "match_rms_adamw" scales it, so it shares AdamW's learning rate."""
-    def __init__(self, params, lr, weight_decay, momentum=0.95, beta2=0.95):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, beta2=beta2))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["momentum"] = torch.zeros_like(p)
-                    state["row_mean_square"] = torch.zeros_like(p[:, :1])
-                state["momentum"].lerp_(p.grad, 1 - group["momentum"])
-                update = orthogonalise(p.grad.lerp(state["momentum"], group["momentum"]))  # Nesterov
-                norm = update.norm()
-                state["row_mean_square"].lerp_(update.square().mean(dim=1, keepdim=True), 1 - group["beta2"])
-                update = update / (state["row_mean_square"].sqrt() + 1e-10)
-                update = update * (norm / update.norm().clamp(min=1e-10))
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(p.shape)))
-
-
 def make_optimizers(model, config, fused=False):
     """Muon for the blocks' matrices, AdamW for the other dense weights (the head, the cell embeddings, the
     norms; `fused`, one kernel for all, on a GPU), SparseAdam for the task embeddings. Muon orthogonalises
@@ -994,7 +953,8 @@ def make_optimizers(model, config, fused=False):
     decay = [p for n, p in rest if n == "head.weight"]  # not the embeddings' vectors, not the norms
     no_decay = [p for n, p in rest if n != "head.weight"]
     lr, weight_decay = config["learning_rate"], config["weight_decay"]
-    muon = NorMuon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay)
+    muon = torch.optim.Muon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
     adamw = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay, "peak_lr": lr},
                                {"params": no_decay, "weight_decay": 0.0, "peak_lr": lr}],
                               lr=lr, betas=(0.9, 0.95), fused=fused)

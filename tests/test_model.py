@@ -153,7 +153,7 @@ def test_muon_holds_the_blocks_matrices_and_every_parameter_has_one_optimizer():
                 owners.setdefault(id(parameter), []).append(type(optimizer).__name__)
     names = {name: owners[id(p)] for name, p in model.named_parameters()}
     assert all(len(holders) == 1 for holders in names.values())
-    assert names["blocks.0.attention.qkv.weight"] == names["blocks.1.mlp.down.weight"] == ["NorMuon"]
+    assert names["blocks.0.attention.qkv.weight"] == names["blocks.1.mlp.down.weight"] == ["Muon"]
     assert names["head.weight"] == names["token_embedding.weight"] == names["blocks.0.mlp_norm.weight"] == ["AdamW"]
     assert names["task_embedding.weight"] == ["SparseAdam"]
     # The schedule scales each group's own peak rate.
