@@ -56,7 +56,7 @@ def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path):
                              f"--output_dir={tmp_path / 'double_out'}", f"--checkpoint_dir={ck}"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resumed from {ck / 'last.pt'}: step {steps}, epoch 4" in result.stdout
+    assert f"resumed from {ck / 'last.pt'}: step {steps}, epoch 4" in result.stdout, result.stdout
     assert json.load(open(ck / "last.json"))["step"] > steps
 
 

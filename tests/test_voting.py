@@ -145,3 +145,43 @@ def test_the_report_says_where_the_answer_stands_among_the_candidates_even_when_
     assert [t["test"][0]["answer_rank"] for t in report["tasks"]] == [3, 1, None]
     assert [t["test"][0]["solved"] for t in report["tasks"]] == [False, True, False]
     assert report["summary"]["answer_among_candidates"] == 2
+
+
+FLIP_RECOLOUR = tf.validate_task({"train": [{"input": [[1, 2], [3, 4]], "output": [[7, 1], [4, 3]]},
+                                            {"input": [[2, 2], [1, 3]], "output": [[7, 7], [3, 1]]}],
+                                  # A test output no rotation/reflection + colour map gives: fitting on it would find none.
+                                  "test": [{"input": [[3, 1], [5, 2]], "output": [[9, 9], [9, 9]]}]}, "f", "evaluation", "here")
+
+
+def test_a_rotation_or_reflection_with_a_colour_map_is_fitted_on_the_demonstrations_alone():
+    # A left-right flip with 2 -> 7; colour 5, which no demonstration shows, stays.
+    answers = tf.fitted_answers(FLIP_RECOLOUR, FLIP_RECOLOUR.test_inputs[0])
+    assert len(answers) == 1 and np.array_equal(answers[0], [[1, 3], [7, 5]])
+    no_fit = tf.validate_task({"train": [{"input": [[1, 2]], "output": [[1, 1]]}, {"input": [[2, 1]], "output": [[2, 1]]}],
+                               "test": [{"input": [[1, 1]]}]}, "g", "test", "here")
+    assert tf.fitted_answers(no_fit, no_fit.test_inputs[0]) == []
+
+
+def test_the_fitted_answer_takes_the_second_attempt_or_the_first_when_nothing_decoded():
+    fitted = np.array([[5, 5], [5, 5]], np.uint8)
+    predictions = predicted_under([TRUTH] * 3 + [WRONG] * 2, AUGMENTATIONS)
+    result = tf.vote(predictions, AUGMENTATIONS[:5], TEST_INPUT, fitted=fitted)
+    assert np.array_equal(result.attempts[0], TRUTH) and np.array_equal(result.attempts[1], fitted)
+    assert result.votes == (3, 0) and len(result.candidates) == 2  # the candidates stay the model's own
+    agreeing = tf.vote(predictions, AUGMENTATIONS[:5], TEST_INPUT, fitted=TRUTH)
+    assert np.array_equal(agreeing.attempts[1], WRONG) and agreeing.votes == (3, 2)
+    nothing = tf.vote([None, None], AUGMENTATIONS[:2], TEST_INPUT, fitted=fitted)
+    assert np.array_equal(nothing.attempts[0], fitted) and np.array_equal(nothing.attempts[1], TEST_INPUT)
+
+
+def test_predictions_offer_the_fitted_answer_and_the_report_counts_what_the_model_solved_alone():
+    tasks = {"training": [], "evaluation": [FLIP_RECOLOUR], "test": []}
+    config = {**tf.CONFIG, "num_augmentations": 2, "vote_augmentations": 2}
+    votes = tf.predict_tasks(tasks["evaluation"], tf.build_training_set(tasks, config),
+                             lambda canvases, ids: (canvases.copy(), np.zeros(len(canvases))), config)
+    (result,) = votes["f"]
+    assert np.array_equal(result.attempts[0], FLIP_RECOLOUR.test_inputs[0])  # what the copying model said
+    assert np.array_equal(result.attempts[1], [[1, 3], [7, 5]])
+    solved = tf.Task("f", "evaluation", FLIP_RECOLOUR.train, FLIP_RECOLOUR.test_inputs, [np.array([[1, 3], [7, 5]])])
+    summary = tf.eval_report([solved], votes)["summary"]
+    assert summary["tasks_solved"] == 1 and summary["tasks_solved_by_model"] == 0
