@@ -1055,41 +1055,10 @@ def fallback_candidates(test_input):
     return candidates
 
 
-def fit_colour_map(pairs):
-    """{colour: colour} that turns every input of `pairs` into its output cell by cell, or None where none
-    does (a shape differs, or one colour would have to become two)."""
-    mapping = {}
-    for grid_in, grid_out in pairs:
-        if grid_in.shape != grid_out.shape:
-            return None
-        for a, b in zip(grid_in.ravel().tolist(), grid_out.ravel().tolist()):
-            if mapping.setdefault(a, b) != b:
-                return None
-    return mapping
-
-
-def fitted_answers(task, test_input):
-    """The test input under each rotation/reflection that, followed by one colour map, turns every
-    demonstration input into its output exactly: distinct grids, in the dihedral order (the demonstrations
-    alone decide them, never a test output). Colours no demonstration shows stay as they are."""
-    answers = []
-    for dihedral in range(8):
-        turn = Augmentation(dihedral, IDENTITY.colours)
-        mapping = fit_colour_map([(augment_grid(i, turn), o) for i, o in task.train])
-        if mapping is None:
-            continue
-        answer = np.array([mapping.get(c, c) for c in range(10)], dtype=np.uint8)[augment_grid(test_input, turn)]
-        if not any(np.array_equal(answer, a) for a in answers):
-            answers.append(answer)
-    return answers
-
-
-def vote(predictions, augmentations, test_input, confidences=None, fitted=None):
+def vote(predictions, augmentations, test_input, confidences=None):
     """The Vote for one test input. predictions[i] is the grid predicted under augmentations[i] (None for a
     prediction that did not decode). Ties in count go to the higher mean confidence, then to the grid
-    seen first, so the result is deterministic. A `fitted` answer (fitted_answers) takes the second attempt
-    (the first when nothing decoded): on the dev benchmark one exists for 12 of the 178 tasks, it is right
-    for 11, and the model alone solved 4 of those (EXPERIMENTS.md)."""
+    seen first, so the result is deterministic."""
     tally = {}
     for i, (grid, augmentation) in enumerate(zip(predictions, augmentations)):
         if grid is None:
@@ -1099,11 +1068,7 @@ def vote(predictions, augmentations, test_input, confidences=None, fitted=None):
         entry["count"] += 1
         entry["confidence"] += 0.0 if confidences is None else float(confidences[i])
     ranked = sorted(tally.values(), key=lambda e: (-e["count"], -e["confidence"] / e["count"], e["first"]))
-    attempts = [(entry["grid"], entry["count"]) for entry in ranked[:1]]
-    extra = [] if fitted is None else [{"grid": fitted, "count": tally.get(grid_key(fitted), {"count": 0})["count"]}]
-    for entry in extra + ranked[1:]:
-        if len(attempts) < 2 and all(not np.array_equal(entry["grid"], grid) for grid, _ in attempts):
-            attempts.append((entry["grid"], entry["count"]))
+    attempts = [(entry["grid"], entry["count"]) for entry in ranked[:2]]
     for candidate in fallback_candidates(test_input):
         if len(attempts) == 2:
             break
@@ -1183,8 +1148,7 @@ def run_predictions(jobs, predictor, batch_size):
 
 def predict_tasks(tasks, training_set, predictor, config, views=None):
     """{task id: [Vote per test input]}: every test input predicted under `views` (vote_augmentations unless
-    given) of its task's augmentations, decoded, mapped back and voted on beside the task's first fitted answer.
-    With no view, the fitted answer and the fallback answers."""
+    given) of its task's augmentations, decoded, mapped back and voted on. With no view, the fallback answers."""
     views = config["vote_augmentations"] if views is None else views
     jobs = prediction_jobs(tasks, training_set, config, views)
     predictions, confidences = run_predictions(jobs, predictor, config["batch_size"])
@@ -1194,7 +1158,7 @@ def predict_tasks(tasks, training_set, predictor, config, views=None):
         for test_input in task.test_inputs:
             span = slice(first, first + views)
             votes[task.id].append(vote(predictions[span], [job.augmentation for job in jobs[span]], test_input,
-                                       confidences[span], (fitted_answers(task, test_input) or [None])[0]))
+                                       confidences[span]))
             first += views
     return votes
 
@@ -1249,15 +1213,13 @@ def as_plain_grid(grid):
 
 def make_submission(test_tasks, votes):
     """(submission, number of test inputs answered by fallback): one {"attempt_1", "attempt_2"} per test
-    input of every test task, in order. A task or input without a Vote gets its fitted answer and the
-    fallback candidates."""
+    input of every test task, in order. A task or input without a Vote gets the fallback candidates."""
     submission, num_fallback = {}, 0
     for task in test_tasks:
         entries = []
         for i, test_input in enumerate(task.test_inputs):
             task_votes = votes.get(task.id, [])
-            task_vote = (task_votes[i] if i < len(task_votes)
-                         else vote([], [], test_input, fitted=(fitted_answers(task, test_input) or [None])[0]))
+            task_vote = task_votes[i] if i < len(task_votes) else vote([], [], test_input)
             num_fallback += task_vote.votes[0] == 0
             entries.append({"attempt_1": as_plain_grid(task_vote.attempts[0]),
                             "attempt_2": as_plain_grid(task_vote.attempts[1])})
@@ -1329,8 +1291,6 @@ def eval_report(evaluation_tasks, votes):
             result["answer_rank"] = next((rank for rank, grid in enumerate(v.candidates, 1)
                                           if np.array_equal(grid, truth)), None)
     summary["answer_among_candidates"] = sum(r.get("answer_rank") is not None for rs in per_task.values() for r in rs)
-    # The tasks the model's own two best grids solve, without the fitted answer's help.
-    summary["tasks_solved_by_model"] = sum(all((r.get("answer_rank") or 3) <= 2 for r in rs) for rs in per_task.values())
     tasks = [{"task_id": task.id,
               "score": float(np.mean([r["solved"] for r in per_task[task.id]])),
               "test": [{"attempt_1": as_plain_grid(v.attempts[0]), "attempt_2": as_plain_grid(v.attempts[1]),
