@@ -65,6 +65,9 @@ CONFIG = {
     "grad_clip": 1.0,            # clip the transformer's gradient norm to this
     "focus_fraction": 0.0,       # the last this fraction of the training budget trains on the evaluation and test
                                  # tasks' demonstrations alone (test-time emphasis); 0 never
+    "adapt_steps": 0,            # per-task adaptation: before each evaluation or test task is predicted, the weights
+                                 # train this many steps on its demonstrations alone (one batch of them under its
+                                 # augmentations), then are put back; 0: the shared weights predict every task
     "max_nonfinite_steps": 5,    # non-finite steps in a row (each skipped) before rolling back to last.pt at half
                                  # the learning rate
     "epochs": 100000,            # passes over every training pair (each under a random augmentation); an upper
@@ -1163,6 +1166,41 @@ def predict_tasks(tasks, training_set, predictor, config, views=None):
     return votes
 
 
+def adaptation_batch(training_set, task_index, config):
+    """The batch a task adapts on: its demonstration pairs under its task's trained augmentations, every
+    (pair, augmentation) once, or batch_size of them drawn from (seed, task) where there are more. The
+    training set holds no evaluation or test output, so neither can reach it."""
+    pairs = np.flatnonzero(training_set.pair_task == task_index)
+    combos = np.stack(np.meshgrid(pairs, np.arange(training_set.num_augmentations), indexing="ij"), -1).reshape(-1, 2)
+    if len(combos) > config["batch_size"]:
+        rng = np.random.default_rng([config["seed"], task_index, 2])
+        combos = combos[np.sort(rng.choice(len(combos), config["batch_size"], replace=False))]
+    return make_batch(training_set, combos[:, 0], combos[:, 1], config["canvas_size"])
+
+
+def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None):
+    """(votes, seconds spent adapting): predict_tasks with the model's own weights, or with adapt_steps > 0,
+    each task predicted by the weights adapted to it: adapt_steps steps at the peak learning rates (fresh
+    optimizers) on its adaptation_batch, its test inputs predicted, the weights put back before the next."""
+    predictor = model_predictor(model, device, amp_dtype)
+    if not config["adapt_steps"]:
+        return predict_tasks(tasks, training_set, predictor, config, views), 0.0
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    task_index = {task_id: i for i, task_id in enumerate(training_set.task_ids)}
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    votes, adapting = {}, 0.0
+    for task in tasks:
+        start = time.perf_counter()
+        optimizers = make_optimizers(model, config, fused=device.type == "cuda")
+        batch = adaptation_batch(training_set, task_index[task.id], config)
+        for _ in range(config["adapt_steps"]):
+            train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
+        adapting += time.perf_counter() - start
+        votes.update(predict_tasks([task], training_set, predictor, config, views))
+        model.load_state_dict(saved)
+    return votes, adapting
+
+
 # -----------------------------------------------------------------------------
 # Scoring with the ARC rule: a test output is solved when either attempt equals it exactly.
 
@@ -1595,13 +1633,16 @@ class Costs:
     prediction: float        # one prediction (a test input under one view); every evaluation refines it
     inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
     views: int               # views per test input in every prediction of the run (fitting_views)
+    adapt_steps: int = 0     # the per-task adaptation steps of a final evaluation and test prediction
+    adapt_step: float = 0.0  # one of them, as the last evaluation measured it (until then, a training step)
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # the last training step
 
     def prediction_seconds(self, views=None):
         """A final evaluation and the test prediction, with a quarter more for safety."""
-        return 1.25 * self.prediction * self.inputs * (self.views if views is None else views)
+        predicting = self.prediction * self.inputs * (self.views if views is None else views)
+        return 1.25 * (predicting + self.adapt_steps * (self.adapt_step or self.step))
 
     def final_seconds(self, views=None):
         """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
@@ -1899,9 +1940,9 @@ def evaluate(run, state, clock, costs, kind, progress):
     best answers so far, whatever ends the run later; if best.pt cannot be written, the score does not
     count as the best."""
     start = time.perf_counter()
-    predictor = model_predictor(run.model, run.device, run.amp_dtype)
-    report = eval_report(run.evaluation, predict_tasks(run.evaluation, run.training_set, predictor, run.config,
-                                                       costs.views))
+    votes, adapting = adapted_votes(run.model, run.evaluation, run.training_set, run.config, run.device,
+                                    run.amp_dtype, costs.views)
+    report = eval_report(run.evaluation, votes)
     summary = report["summary"]
     improved = state.best_score is None or score_key(summary) > state.best_score
     if improved and run.distributed.is_main:
@@ -1924,9 +1965,11 @@ def evaluate(run, state, clock, costs, kind, progress):
                    f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                    + (" | new best" if improved else ""))
     if improved and run.distributed.is_main:
-        submit(run, clock, progress, f"the weights of step {state.step}", costs.views)
+        adapting += submit(run, clock, progress, f"the weights of step {state.step}", costs.views, votes)
     predicted = run.evaluation + (run.test_tasks if improved and run.distributed.is_main else [])
-    costs.prediction = (time.perf_counter() - start) / max(costs.views * num_inputs(predicted), 1)
+    costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * num_inputs(predicted), 1)
+    adapted = len({task.id for task in predicted}) * run.config["adapt_steps"]
+    costs.adapt_step = adapting / adapted if adapted else costs.adapt_step
     if run.distributed.is_main:
         draw_pictures(run, costs, progress, report if improved else None)
 
@@ -1940,18 +1983,32 @@ def save_submission(path, test_tasks, votes):
     return num_fallback
 
 
-def submit(run, clock, progress, weights, views):
-    """Predict the test tasks with the model's weights as they are and write submission.json (rank 0)."""
-    votes = predict_tasks(run.test_tasks, run.training_set, model_predictor(run.model, run.device, run.amp_dtype),
-                          run.config, views)
+def same_inputs(task, other):
+    return len(task.test_inputs) == len(other.test_inputs) and all(
+        np.array_equal(a, b) for a, b in zip(task.test_inputs, other.test_inputs))
+
+
+def submit(run, clock, progress, weights, views, known=None):
+    """Predict the test tasks with the model's weights as they are and write submission.json (rank 0).
+    `known` holds the votes of the same weights for evaluation tasks: a test task that is one of them (the
+    same id and test inputs, as in the dev benchmark) takes its votes instead of being predicted again.
+    Returns the seconds spent adapting."""
+    known = known or {}
+    evaluated = {task.id: task for task in run.evaluation + run.unscored}
+    reused = {task.id for task in run.test_tasks if task.id in known and task.id in evaluated
+              and same_inputs(task, evaluated[task.id])}
+    votes, adapting = adapted_votes(run.model, [t for t in run.test_tasks if t.id not in reused], run.training_set,
+                                    run.config, run.device, run.amp_dtype, views)
+    votes.update({task_id: known[task_id] for task_id in reused})
     try:
         num_fallback = save_submission(run.paths.submission, run.test_tasks, votes)
     except OSError as error:  # a full disk: the previous submission stays whole
         progress.write(f"warning: {run.paths.submission} not updated ({error}); the previous one is intact")
-        return
+        return adapting
     progress.write(f"submission: {len(run.test_tasks)} tasks, {sum(len(t.test_inputs) for t in run.test_tasks)} "
                    f"test inputs, {num_fallback} answered by fallback, from {weights}, written to "
                    f"{run.paths.submission} at {clock.used():.0f}s of {clock.budget:.0f}s")
+    return adapting
 
 
 def submission_at_the_end(run, state, clock, costs, progress, may_predict):
@@ -1969,9 +2026,9 @@ def submission_at_the_end(run, state, clock, costs, progress, may_predict):
     submit(run, clock, progress, "the last weights", costs.views)
     if run.evaluation:  # the answers exist, but no evaluation had the time to run
         return None
-    predictor = model_predictor(run.model, run.device, run.amp_dtype)
-    report = unscored_report(run.unscored, predict_tasks(run.unscored, run.training_set, predictor, run.config,
-                                                         costs.views))
+    votes, _ = adapted_votes(run.model, run.unscored, run.training_set, run.config, run.device, run.amp_dtype,
+                             costs.views)
+    report = unscored_report(run.unscored, votes)
     write_json_atomic(run.paths.evaluation, report)
     progress.write(f"evaluation predictions: {len(run.unscored)} tasks without answers, unscored, written to "
                    f"{run.paths.evaluation}")
@@ -2132,7 +2189,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
     views = config["vote_augmentations"]
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
-                  num_inputs(predicted), views)
+                  num_inputs(predicted), views, adapt_steps=len({t.id for t in predicted}) * config["adapt_steps"])
     costs.views = fitting_views(costs, clock, views)
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "

@@ -38,3 +38,56 @@ def test_max_steps_ends_a_run_of_fixed_length_and_the_focus_follows_its_steps(tm
     # Hours of budget are left: only the steps can have started the focus, at the first epoch from step 6.
     focus_epoch = int(out.split("the last 50% of the budget trains")[0].rsplit("epoch ", 1)[1].split(":")[0])
     assert 1 <= focus_epoch < checkpoint["state"]["epoch"]
+
+
+def test_a_task_adapts_on_its_own_demonstrations_alone_and_never_on_a_test_output(tmp_path):
+    from test_training_set import MARKER_SHAPES, planted_kaggle_folder
+    folder = planted_kaggle_folder(str(tmp_path), [("evaluation", "evalB", 1), ("test", "hidden1", 0)])
+    tasks = tf.load_kaggle_folder(folder)
+    config = {**tf.CONFIG, "num_augmentations": 4, "batch_size": 64}
+    training_set = tf.build_training_set(tasks, config)
+    for task in tasks["evaluation"] + tasks["test"]:
+        index = training_set.task_ids.index(task.id)
+        batch = tf.adaptation_batch(training_set, index, config)
+        outputs = [tf.decode_grid(t) for t in batch.targets]
+        assert not any(grid.shape in MARKER_SHAPES for grid in outputs)
+        # every demonstration under every augmentation, once: nothing else
+        expected = sorted(tf.grid_key(tf.augment_grid(o, training_set.augmentation(index, a)))
+                          for _, o in task.train for a in range(4))
+        assert sorted(tf.grid_key(grid) for grid in outputs) == expected
+        assert set(batch.embedding_ids.tolist()) == {training_set.embedding_id(index, a) for a in range(4)}
+    smaller = tf.adaptation_batch(training_set, 0, {**config, "batch_size": 3})
+    assert len(smaller.inputs) == 3
+
+
+def test_adapted_predictions_put_the_shared_weights_back_and_differ_from_the_shared_ones(tmp_path):
+    data = hidden_run_folder(str(tmp_path / "data"))
+    tasks = tf.load_kaggle_folder(data)
+    config = tf.parse_config([*TINY, "--adapt_steps=3"])
+    training_set = tf.build_training_set(tasks, config)
+    torch.manual_seed(0)
+    model = tf.ARCTransformer(config, training_set.num_embeddings)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    cpu = torch.device("cpu")
+    adapted, seconds = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None)
+    assert seconds > 0 and set(adapted) == {"hidden3", "hidden2"}
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    shared, no_seconds = tf.adapted_votes(model, tasks["test"], training_set, {**config, "adapt_steps": 0}, cpu, None)
+    assert no_seconds == 0.0
+    plain = tf.predict_tasks(tasks["test"], training_set, tf.model_predictor(model, cpu, None), config)
+    assert all(tf.grid_key(a) == tf.grid_key(b) for task_id in plain
+               for va, vb in zip(shared[task_id], plain[task_id]) for a, b in zip(va.attempts, vb.attempts))
+    # three steps at the peak rate move an untrained model's confident answers somewhere
+    assert any(tf.grid_key(a) != tf.grid_key(b) for task_id in plain
+               for va, vb in zip(adapted[task_id], plain[task_id]) for a, b in zip(va.candidates, vb.candidates))
+
+
+def test_a_run_with_adaptation_keeps_its_budget_and_writes_a_valid_submission(tmp_path, capsys):
+    data = hidden_run_folder(str(tmp_path / "data"))
+    code = tf.main([*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}",
+                    f"--checkpoint_dir={tmp_path / 'ck'}", "--adapt_steps=2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "submission: 2 tasks, 2 test inputs" in out
+    submission = tf.json.load(open(tmp_path / "out" / "submission.json"))
+    assert set(submission) == {"hidden3", "hidden2"}
