@@ -1634,7 +1634,7 @@ class Costs:
     inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
     views: int               # views per test input in every prediction of the run (fitting_views)
     adapt_steps: int = 0     # the per-task adaptation steps of a final evaluation and test prediction
-    adapt_step: float = 0.0  # one of them, as the last evaluation measured it (until then, a training step)
+    adapt_step: float = 0.0  # one of them: timed at the start, refined by every evaluation
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # the last training step
@@ -1642,7 +1642,7 @@ class Costs:
     def prediction_seconds(self, views=None):
         """A final evaluation and the test prediction, with a quarter more for safety."""
         predicting = self.prediction * self.inputs * (self.views if views is None else views)
-        return 1.25 * (predicting + self.adapt_steps * (self.adapt_step or self.step))
+        return 1.25 * (predicting + self.adapt_steps * self.adapt_step)
 
     def final_seconds(self, views=None):
         """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
@@ -1737,6 +1737,25 @@ def seconds_per_prediction(predictor, jobs, batch_size):
     start = time.perf_counter()
     run_predictions(sample, predictor, batch_size)
     return (time.perf_counter() - start) / len(sample)
+
+
+def seconds_per_adaptation_step(model, tasks, training_set, config, device, amp_dtype):
+    """Seconds per adaptation step, timed after a warm-up on the largest adaptation batch among the tasks
+    (so rather more than less), the weights put back after; 0 without adaptation."""
+    if not config["adapt_steps"] or not tasks:
+        return 0.0
+    task_index = {task_id: i for i, task_id in enumerate(training_set.task_ids)}
+    batches = [adaptation_batch(training_set, task_index[task.id], config) for task in tasks]
+    batch = max(batches, key=lambda b: b.targets.size)
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    optimizers = make_optimizers(model, config, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
+    start = time.perf_counter()
+    train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
+    seconds = time.perf_counter() - start
+    model.load_state_dict(saved)
+    return seconds
 
 
 class RunPaths(NamedTuple):
@@ -1901,7 +1920,7 @@ def decide(run, state, clock, costs, signal_received, progress_fraction):
     due = ((config["eval_every_n_minutes"] > 0 and used - state.last_eval_time >= 60 * config["eval_every_n_minutes"])
            or (config["eval_every_n_epochs"] > 0 and state.epoch - state.last_eval_epoch >= config["eval_every_n_epochs"]))
     evaluate = bool(run.evaluation) and costs.views > 0 and due and used + 2 * costs.final_seconds() < clock.budget
-    focus = config["focus_fraction"] > 0 and progress_fraction >= 1 - config["focus_fraction"]
+    focus = config["focus_fraction"] > 0 and (state.focus or progress_fraction >= 1 - config["focus_fraction"])
     stop, save, evaluate, focus = run.distributed.agree([STOP_REASONS.index(stop), save, evaluate, focus], run.device)
     return Decision(STOP_REASONS[stop], bool(save), bool(evaluate), bool(focus))
 
@@ -2189,7 +2208,9 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
     views = config["vote_augmentations"]
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
-                  num_inputs(predicted), views, adapt_steps=len({t.id for t in predicted}) * config["adapt_steps"])
+                  num_inputs(predicted), views, adapt_steps=len({t.id for t in predicted}) * config["adapt_steps"],
+                  adapt_step=seconds_per_adaptation_step(run.model, predicted, training_set, config, run.device,
+                                                         run.amp_dtype))
     costs.views = fitting_views(costs, clock, views)
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "
