@@ -1634,15 +1634,15 @@ class Costs:
     inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
     views: int               # views per test input in every prediction of the run (fitting_views)
     adapt_steps: int = 0     # the per-task adaptation steps of a final evaluation and test prediction
-    adapt_step: float = 0.0  # one of them: timed at the start, refined by every evaluation
+    adapt_step: float = 0.0  # one of them, as the last evaluation timed it (until then, a training step's)
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
-    step: float = 0.0        # the last training step
+    step: float = 0.0        # a training step, smoothed over the last few
 
-    def prediction_seconds(self, views=None):
+    def prediction_seconds(self, views=None, safety=1.25):
         """A final evaluation and the test prediction, with a quarter more for safety."""
         predicting = self.prediction * self.inputs * (self.views if views is None else views)
-        return 1.25 * (predicting + self.adapt_steps * self.adapt_step)
+        return safety * (predicting + self.adapt_steps * (self.adapt_step or self.step))
 
     def final_seconds(self, views=None):
         """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
@@ -1737,25 +1737,6 @@ def seconds_per_prediction(predictor, jobs, batch_size):
     start = time.perf_counter()
     run_predictions(sample, predictor, batch_size)
     return (time.perf_counter() - start) / len(sample)
-
-
-def seconds_per_adaptation_step(model, tasks, training_set, config, device, amp_dtype):
-    """Seconds per adaptation step, timed after a warm-up on the largest adaptation batch among the tasks
-    (so rather more than less), the weights put back after; 0 without adaptation."""
-    if not config["adapt_steps"] or not tasks:
-        return 0.0
-    task_index = {task_id: i for i, task_id in enumerate(training_set.task_ids)}
-    batches = [adaptation_batch(training_set, task_index[task.id], config) for task in tasks]
-    batch = max(batches, key=lambda b: b.targets.size)
-    saved = {name: value.clone() for name, value in model.state_dict().items()}
-    optimizers = make_optimizers(model, config, fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
-    start = time.perf_counter()
-    train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
-    seconds = time.perf_counter() - start
-    model.load_state_dict(saved)
-    return seconds
 
 
 class RunPaths(NamedTuple):
@@ -2159,7 +2140,10 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
             log_interval(run, state, clock, interval, config["learning_rate"] * lr_factor, batches.epochs_done(state),
                          progress)
             interval = Interval()
-        costs.step = time.perf_counter() - started
+        # Smoothed: the end's estimate scales with it (an adaptation step costs about a training step), and
+        # one slow step must not move the stop back and forth.
+        seconds = time.perf_counter() - started
+        costs.step = seconds if costs.step == 0 else 0.9 * costs.step + 0.1 * seconds
     return "all epochs done" if state.epoch >= config["epochs"] else f"all {config['max_steps']} steps done"
 
 
@@ -2176,9 +2160,11 @@ def finish(run, state, clock, costs, reason, progress):
               f"(it restarts from {run.paths.last} at step {state.step})")
         return 128 + int(getattr(signal, reason))
     # What is left of the end once last.pt is written: training stopped with final_seconds() to go, so
-    # asking that again would skip the final evaluation whenever a save takes longer than two steps.
+    # asking that again would skip the final evaluation whenever a save took longer than two steps or the
+    # last step moved the estimate (with adaptation, hundreds of steps' worth); the estimate without its
+    # quarter for safety is asked instead.
     if run.distributed.agree([bool(run.evaluation) and costs.views > 0
-                              and clock.used() + costs.prediction_seconds() + costs.draw <= clock.budget],
+                              and clock.used() + costs.prediction_seconds(safety=1.0) + costs.draw <= clock.budget],
                              run.device)[0]:
         evaluate(run, state, clock, costs, "final eval", progress)
     elif run.evaluation:
@@ -2208,9 +2194,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
     views = config["vote_augmentations"]
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
-                  num_inputs(predicted), views, adapt_steps=len({t.id for t in predicted}) * config["adapt_steps"],
-                  adapt_step=seconds_per_adaptation_step(run.model, predicted, training_set, config, run.device,
-                                                         run.amp_dtype))
+                  num_inputs(predicted), views, adapt_steps=len({t.id for t in predicted}) * config["adapt_steps"])
     costs.views = fitting_views(costs, clock, views)
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "
