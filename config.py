@@ -38,6 +38,7 @@ PRESETS = {
         "save_every_n_minutes": 5.0,
         "log_every_n_steps": 200,
         "focus_fraction": 0.3,  # the last 30% on the 178 tasks' demonstrations (13 against 11: within the noise)
+        "adapt_steps": 4,  # per-task adaptation: 21 and 28 tasks against 19 and 23 in the same 15 minutes
         "compile": False,
         "checkpoint_dir": "checkpoints/dev",
         "output_dir": "outputs/dev",
@@ -48,6 +49,9 @@ PRESETS = {
         # The last 30% of the run (about two hours) on the evaluation and test tasks' demonstrations: in
         # the scoring rerun, the hidden tasks. On the dev benchmark it never scored lower; see the README.
         "focus_fraction": 0.3,
+        # Each evaluation and hidden task adapted on its demonstrations before it is predicted (+3.5 tasks on the
+        # dev benchmark at 4 steps, with its time taken from training); on a GPU, seconds per evaluation.
+        "adapt_steps": 4,
         "eval_every_n_minutes": 30.0,
         "save_every_n_minutes": 30.0,
     },
