@@ -78,3 +78,17 @@ def test_a_busy_checkpoint_folder_stops_every_process_at_once(tmp_path):
     assert f"process {holder.pid} is using this checkpoint folder" in result.stderr
     assert "exitcode  : 2" in result.stderr and "exitcode  : 1" not in result.stderr  # both ranks, the same way
     assert os.listdir(tmp_path / "ck") == ["run.lock"] and not (tmp_path / "out").exists()
+
+
+def test_per_task_adaptation_under_two_processes_leaves_training_as_one_process_does(tmp_path):
+    # Evaluations (each adapting every task, then putting the weights back) happen every epoch, between steps.
+    single, _, single_ck = launch(tmp_path, "single", 1, "--adapt_steps=2")
+    double, double_out, double_ck = launch(tmp_path, "double", 2, "--adapt_steps=2")
+    assert double.stdout.count("eval at step") >= 2 and "final eval" in double.stdout
+    one = torch.load(single_ck / "last.pt", weights_only=True)
+    two = torch.load(double_ck / "last.pt", weights_only=True)
+    assert one["state"]["step"] == two["state"]["step"] > 0
+    for name, weights in one["model"].items():
+        assert torch.allclose(weights, two["model"][name], atol=1e-4), name
+    tf.validate_submission(json.load(open(double_out / "submission.json")),
+                           tf.load_kaggle_folder(str(tmp_path / "data"))["test"])
