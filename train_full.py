@@ -2106,6 +2106,7 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
     total_steps = config["epochs"] * len(epoch_batches(run.training_set, config, 0))
     total_steps = min(total_steps, config["max_steps"] or total_steps)
     interval = Interval()
+    began = state.step
     # Epochs differ in their number of batches, so total_steps only estimates their count: max_steps alone stops by steps.
     while state.epoch < config["epochs"] and not (config["max_steps"] and state.step >= config["max_steps"]):
         progress_fraction = training_progress(state, clock, costs, total_steps)
@@ -2141,9 +2142,12 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
                          progress)
             interval = Interval()
         # Smoothed: the end's estimate scales with it (an adaptation step costs about a training step), and
-        # one slow step must not move the stop back and forth.
-        seconds = time.perf_counter() - started
-        costs.step = seconds if costs.step == 0 else 0.9 * costs.step + 0.1 * seconds
+        # one slow step must not move the stop back and forth. The process's first step is left out: it
+        # compiles (20 s on an H100, where a step takes 40 ms), and the adaptation's reserve, hundreds of
+        # steps' worth, made of it ended a short run after one step.
+        if state.step > began + 1:
+            seconds = time.perf_counter() - started
+            costs.step = seconds if costs.step == 0 else 0.9 * costs.step + 0.1 * seconds
     return "all epochs done" if state.epoch >= config["epochs"] else f"all {config['max_steps']} steps done"
 
 

@@ -91,3 +91,25 @@ def test_a_run_with_adaptation_keeps_its_budget_and_writes_a_valid_submission(tm
     assert "submission: 2 tasks, 2 test inputs" in out
     submission = tf.json.load(open(tmp_path / "out" / "submission.json"))
     assert set(submission) == {"hidden3", "hidden2"}
+
+
+def test_a_slow_first_step_does_not_end_a_run_with_adaptation_early(tmp_path, capsys, monkeypatch):
+    # As on a GPU, where the first step compiles for 20 s: the adaptation's reserve (adapt_steps x tasks x a
+    # step) must not be priced at that step, or the run stops after it.
+    step, calls = tf.train_step, []
+
+    def compiling_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            tf.time.sleep(3.0)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(tf, "train_step", compiling_first)
+    data = hidden_run_folder(str(tmp_path / "data"))
+    code = tf.main([*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}",
+                    f"--checkpoint_dir={tmp_path / 'ck'}", "--adapt_steps=8", "--epochs=100000",
+                    "--target_runtime_hours=0.004"])
+    assert code == 0
+    stopped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("training stopped")]
+    assert stopped and "(time budget)" in stopped[0]
+    assert int(stopped[0].split()[4].rstrip(",")) > 20
