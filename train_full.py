@@ -10,6 +10,7 @@ voting, scoring, outputs, checkpoints, the run (its loop is training_loop), main
 nothing but define these; tests call the functions directly.
 """
 import ast
+import collections
 import contextlib
 import difflib
 import importlib.util
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -2106,7 +2108,7 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
     total_steps = config["epochs"] * len(epoch_batches(run.training_set, config, 0))
     total_steps = min(total_steps, config["max_steps"] or total_steps)
     interval = Interval()
-    began = state.step
+    began, recent = state.step, collections.deque(maxlen=31)  # this process's first step, its recent steps' seconds
     # Epochs differ in their number of batches, so total_steps only estimates their count: max_steps alone stops by steps.
     while state.epoch < config["epochs"] and not (config["max_steps"] and state.step >= config["max_steps"]):
         progress_fraction = training_progress(state, clock, costs, total_steps)
@@ -2141,20 +2143,22 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
             log_interval(run, state, clock, interval, config["learning_rate"] * lr_factor, batches.epochs_done(state),
                          progress)
             interval = Interval()
-        # Smoothed: the end's estimate scales with it (an adaptation step costs about a training step), and
-        # one slow step must not move the stop back and forth. The process's first step is left out: it
-        # compiles (20 s on an H100, where a step takes 40 ms), and the adaptation's reserve, hundreds of
-        # steps' worth, made of it ended a short run after one step.
+        # The end's estimate scales with a step (an adaptation step costs about a training step), so it is
+        # the median of the recent ones: a step that compiles (20 s on an H100, where a step takes 40 ms)
+        # would otherwise price the adaptation's reserve, hundreds of steps' worth, at its cost and end a
+        # short run early; nor may one slow step move the stop back and forth. The process's first step
+        # (compiling, allocating) is left out.
         if state.step > began + 1:
-            seconds = time.perf_counter() - started
-            costs.step = seconds if costs.step == 0 else 0.9 * costs.step + 0.1 * seconds
+            recent.append(time.perf_counter() - started)
+            costs.step = statistics.median(recent) if len(recent) >= 5 else costs.step
     return "all epochs done" if state.epoch >= config["epochs"] else f"all {config['max_steps']} steps done"
 
 
 def finish(run, state, clock, costs, reason, progress):
     """After training: last.pt, a final evaluation when there is time for it, submission.json and the
     pictures. A stop signal skips the final evaluation and says how to resume. Returns the exit code."""
-    print(f"training stopped at step {state.step}, epoch {state.epoch} ({reason}), {clock.used():.0f}s used")
+    print(f"training stopped at step {state.step}, epoch {state.epoch} ({reason}), {clock.used():.0f}s used, "
+          f"about {costs.final_seconds():.0f}s kept for the end")
     save_last(run, state, clock, costs)
     main_process = run.distributed.is_main
     if reason in ("SIGINT", "SIGTERM"):
