@@ -17,6 +17,7 @@ import socket
 import statistics
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -247,8 +248,9 @@ def attention_backends(config, device, amp_dtype):
     keep[1, ..., 30:] = False  # a padded canvas
     running = []
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
-        try:
-            with sdpa_kernel([backend]), tf.autocast(device, amp_dtype):
+        try:  # a kernel that cannot run warns why before it raises: the table says it, the warnings would not help
+            with sdpa_kernel([backend]), tf.autocast(device, amp_dtype), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 F.scaled_dot_product_attention(q, q, q, attn_mask=keep)
             running.append(backend.name.lower())
         except RuntimeError:
