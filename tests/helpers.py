@@ -67,3 +67,10 @@ def synthetic_family(num_train=200, num_test=2, seed=0):
         tasks.append(tf.Task(name, "evaluation", pairs[:num_train], [i for i, _ in pairs[num_train:]],
                              [o for _, o in pairs[num_train:]]))
     return {"training": [], "evaluation": tasks, "test": tf.as_test_split(tasks)}
+
+
+def certain(canvases):
+    """The colour log-probabilities of a predictor sure of every cell of `canvases` (a predictor's third output)."""
+    canvases = np.asarray(canvases)
+    colours = canvases.astype(np.int64)[..., None] - 2 == np.arange(10)
+    return np.where(colours, 0.0, -30.0).astype(np.float16)

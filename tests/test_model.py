@@ -136,7 +136,7 @@ def test_compiled_blocks_train_and_predict_like_eager_ones():
             batch = (canvases, canvases, np.arange(len(fitting)))
             run.append(float(tf.train_step(model, optimizers, scaler, batch, 1.0, torch.device("cpu"), None,
                                            CONFIG)[0]))
-        tokens, _ = tf.model_predictor(model, torch.device("cpu"), None)(
+        tokens, *_ = tf.model_predictor(model, torch.device("cpu"), None)(
             tf.encode_grids(grids, (12, 12)), np.arange(3))
         losses.append((run, tokens))
     assert np.allclose(losses[0][0], losses[1][0], rtol=1e-4)

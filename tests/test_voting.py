@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import train_full as tf
-from helpers import small_dataset, write_kaggle_folder
+from helpers import certain, small_dataset, write_kaggle_folder
 
 AUGMENTATIONS = [tf.Augmentation(d, (0, *np.roll(np.arange(1, 10), d).tolist())) for d in range(8)]
 TEST_INPUT = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
@@ -77,7 +77,7 @@ def scale_up_predictor(canvases, embedding_ids):
     for canvas in canvases:
         grid = tf.decode_grid(canvas)
         outputs.append(tf.encode_grid(np.kron(grid, np.ones((2, 2), np.uint8)), canvas.shape))
-    return np.stack(outputs), np.zeros(len(canvases))
+    return np.stack(outputs), np.zeros(len(canvases)), certain(outputs)
 
 
 def test_predicting_a_task_runs_augment_encode_decode_invert_and_vote(tmp_path):
@@ -101,7 +101,7 @@ def predict_with_copies(tmp_path, batch_size):
 
     def copy_predictor(canvases, embedding_ids):
         calls.append(len(canvases))
-        return canvases.copy(), np.zeros(len(canvases))
+        return canvases.copy(), np.zeros(len(canvases)), certain(canvases)
     return tasks, tf.predict_tasks(tasks["evaluation"], tf.build_training_set(tasks, config), copy_predictor, config), calls
 
 
@@ -145,3 +145,38 @@ def test_the_report_says_where_the_answer_stands_among_the_candidates_even_when_
     assert [t["test"][0]["answer_rank"] for t in report["tasks"]] == [3, 1, None]
     assert [t["test"][0]["solved"] for t in report["tasks"]] == [False, True, False]
     assert report["summary"]["answer_among_candidates"] == 2
+
+
+def in_view(original, augmentation, side):
+    """(side, side, 10) colour log-probabilities in a view's frame, from (height, width, 10) ones in the
+    original frame: the forward augmentation, written out here independently of the code's inverse."""
+    spatial = original.transpose(1, 0, 2) if augmentation.dihedral >= 4 else original
+    spatial = np.rot90(spatial, augmentation.dihedral % 4)
+    view = np.empty_like(spatial)
+    view[..., list(augmentation.colours)] = spatial
+    canvas = np.full((side, side, 10), -30.0)
+    canvas[:view.shape[0], :view.shape[1]] = view
+    return canvas
+
+
+def test_views_that_each_miss_one_cell_give_the_right_grid_cell_by_cell():
+    # Every view is sure of every cell but one, where it slightly prefers a wrong colour: no two views agree
+    # on a whole grid, so the vote finds no majority, but each cell is right in seven views of eight.
+    wrongs, log_probs = [], []
+    for v, augmentation in enumerate(AUGMENTATIONS):
+        cell, colour = divmod(v % 6, 2), (TRUTH[divmod(v % 6, 2)] + 1 + v // 6) % 10
+        wrong = TRUTH.copy()
+        wrong[cell] = colour
+        original = np.where(TRUTH[..., None] == np.arange(10), 0.0, -30.0)
+        original[cell] = -30.0
+        original[cell][colour], original[cell][TRUTH[cell]] = np.log(0.5), np.log(0.45)
+        wrongs.append(wrong)
+        log_probs.append(in_view(original, augmentation, 5))
+    predictions = predicted_under(wrongs, AUGMENTATIONS)
+    assert len({tf.grid_key(w) for w in wrongs}) == 8
+    plain = tf.vote(predictions, AUGMENTATIONS, TEST_INPUT)
+    assert not any(np.array_equal(attempt, TRUTH) for attempt in plain.attempts)
+    product = tf.vote(predictions, AUGMENTATIONS, TEST_INPUT, colour_log_probs=log_probs)
+    assert np.array_equal(product.attempts[0], TRUTH) and product.votes[0] == 0
+    assert np.array_equal(product.attempts[1], plain.attempts[0]) and product.votes[1] == 1
+    assert np.array_equal(product.candidates[0], TRUTH) and len(product.candidates) == 9
