@@ -61,8 +61,6 @@ CONFIG = {
     "task_embedding_lr": 1e-2,   # peak SparseAdam learning rate of the (zero-initialised) task embeddings
     "weight_decay": 0.1,         # decoupled weight decay on matrices (not on embeddings or norms)
     "warmup_steps": 200,         # linear warm-up, then the peak learning rate, then a cosine decay
-    "lr_decay_fraction": 1.0,    # the decay takes this last fraction of training (its steps or its budget, whichever
-                                 # ends first); 1.0: a cosine over the whole run
     "min_lr_ratio": 0.1,         # the decay ends at this fraction of the peak learning rates
     "grad_clip": 1.0,            # clip the transformer's gradient norm to this
     "focus_fraction": 0.0,       # the last this fraction of the training budget trains on the evaluation and test
@@ -195,8 +193,6 @@ def parse_config(argv, defaults=CONFIG, presets=None):
                 "max_nonfinite_steps"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {config[key]}")
-    if not 0 < config["lr_decay_fraction"] <= 1:
-        raise ConfigError(f"lr_decay_fraction must be in (0, 1], got {config['lr_decay_fraction']}")
     if config["max_steps"] < 0:
         raise ConfigError(f"max_steps must be 0 (no bound) or more, got {config['max_steps']}")
     if config["target_runtime_hours"] <= 0:
@@ -969,15 +965,12 @@ def make_optimizers(model, config, fused=False):
 
 
 def learning_rate_factor(step, progress, config):
-    """Linear warm-up over warmup_steps, then the peak until the last lr_decay_fraction of training, then
-    cosine decay to min_lr_ratio as `progress` goes on to 1. Progress is the larger of the steps done and
-    the time budget used, so a run stopped by time still ends with a decayed learning rate."""
+    """Linear warm-up over warmup_steps, then cosine decay to min_lr_ratio as `progress` goes from 0 to 1.
+    Progress is the larger of the steps done and the time budget used, so a run stopped by time still ends
+    with a decayed learning rate."""
     if step < config["warmup_steps"]:
         return (step + 1) / config["warmup_steps"]
-    decay_start = 1.0 - config["lr_decay_fraction"]
-    if progress <= decay_start:
-        return 1.0
-    cosine = 0.5 * (1 + math.cos(math.pi * min((progress - decay_start) / config["lr_decay_fraction"], 1.0)))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return config["min_lr_ratio"] + (1 - config["min_lr_ratio"]) * cosine
 
 

@@ -162,11 +162,3 @@ def test_muon_holds_the_blocks_matrices_and_every_parameter_has_one_optimizer():
                   (canvases, canvases, np.array([0, 1, 2])), 0.5, torch.device("cpu"), None, CONFIG)
     assert muon.param_groups[0]["lr"] == adamw.param_groups[1]["lr"] == 0.5 * CONFIG["learning_rate"]
     assert sparse.param_groups[0]["lr"] == 0.5 * CONFIG["task_embedding_lr"]
-
-
-def test_with_a_decay_fraction_the_rate_holds_its_peak_then_decays_over_the_last_part():
-    config = {**CONFIG, "lr_decay_fraction": 0.25}
-    factors = [tf.learning_rate_factor(step, step / 100, config) for step in range(101)]
-    assert factors[10:76] == [1.0] * 66
-    assert all(a > b for a, b in zip(factors[75:], factors[76:]))
-    assert factors[100] == pytest.approx(0.1) and tf.learning_rate_factor(50, 0.875, config) == pytest.approx(0.55)
