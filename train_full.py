@@ -1156,9 +1156,9 @@ def prediction_jobs(tasks, training_set, config, views):
 
 def run_predictions(jobs, predictor, batch_size):
     """(decoded grids or None, confidences, colour log-probabilities on each job's canvas), one per job, in
-    the jobs' order, predicted in batches of similar sides,
-    each on the largest side of its batch (PAD is masked out of attention, so a larger canvas changes nothing).
-    A batch of one is padded with a copy: compiled blocks would recompile for that size."""
+    the jobs' order, predicted in batches of similar sides, each on the largest side of its batch (PAD is
+    masked out of attention, so a larger canvas changes nothing). A batch of one is padded with a copy:
+    compiled blocks would recompile for that size."""
     order = sorted(range(len(jobs)), key=lambda i: jobs[i].side)
     grids, confidences, colour_log_probs = [None] * len(jobs), [0.0] * len(jobs), [None] * len(jobs)
     for start in range(0, len(order), batch_size):
