@@ -13,6 +13,7 @@ import ast
 import collections
 import contextlib
 import difflib
+import functools
 import importlib.util
 import json
 import math
@@ -578,6 +579,11 @@ class TrainingSet:
     colours: np.ndarray       # (tasks, augmentations, 10)
     num_dropped: int          # training pairs left out because their input is an evaluation/test input
 
+    @functools.cached_property
+    def task_index(self):
+        """{task id: task index}, built once: every prediction and adaptation looks its task up."""
+        return {task_id: i for i, task_id in enumerate(self.task_ids)}
+
     @property
     def num_augmentations(self):
         return self.dihedral.shape[1]
@@ -1058,7 +1064,7 @@ def views_product(colour_log_probs, augmentations, shape):
     """The grid of `shape` whose every cell takes the colour with the highest log-probability summed over
     the views, each view's (height, width, 10) colour log-probabilities mapped back through its
     augmentation. Views that each get a few cells wrong outvote each other cell by cell, where a vote over
-    whole grids finds no majority (dev benchmark, the same weights: +1 to +2 tasks on each of 4 runs).
+    whole grids finds no majority (dev benchmark, the same weights: +1 to +4 tasks on each of 8 runs).
     None when no view's canvas holds the shape."""
     total, held = np.zeros((*shape, 10), np.float32), 0
     for log_probs, augmentation in zip(colour_log_probs, augmentations):
@@ -1147,7 +1153,7 @@ class PredictionJob(NamedTuple):
 
 def prediction_jobs(tasks, training_set, config, views):
     """One job per test input and view, in order: each test input under its task's first `views` augmentations."""
-    task_index = {task_id: i for i, task_id in enumerate(training_set.task_ids)}
+    task_index = training_set.task_index
     return [PredictionJob(task, k, training_set.augmentation(task_index[task.id], a),
                           training_set.embedding_id(task_index[task.id], a),
                           prediction_side(task, test_input, config["canvas_size"]))
@@ -1212,13 +1218,12 @@ def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=N
     if not config["adapt_steps"]:
         return predict_tasks(tasks, training_set, predictor, config, views), 0.0
     saved = {name: value.clone() for name, value in model.state_dict().items()}
-    task_index = {task_id: i for i, task_id in enumerate(training_set.task_ids)}
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     votes, adapting = {}, 0.0
     for task in tasks:
         start = time.perf_counter()
         optimizers = make_optimizers(model, config, fused=device.type == "cuda")
-        batch = adaptation_batch(training_set, task_index[task.id], config)
+        batch = adaptation_batch(training_set, training_set.task_index[task.id], config)
         for _ in range(config["adapt_steps"]):
             train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
         adapting += time.perf_counter() - start
@@ -1663,7 +1668,7 @@ class Costs:
     adapt_step: float = 0.0  # one of them, as the last evaluation timed it (until then, a training step's)
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
-    step: float = 0.0        # a training step, smoothed over the last few
+    step: float = 0.0        # a training step: the median of the last few
 
     def prediction_seconds(self, views=None, safety=1.25):
         """A final evaluation and the test prediction, with a quarter more for safety."""
