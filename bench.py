@@ -3,6 +3,7 @@ the same machine, model width and depth, in one run; and a self-check of the mac
 
     python bench.py [--repeats=3] [--batches=8] [--dtype=auto] [--embed_dim=256 --num_layers=6 ...]
     python bench.py --check [--key=value ...]     # can this machine run the kaggle preset? one table
+    python bench.py --steps [--key=value ...]     # what one training step asks of the host: operations, syncs, ms
 
 Prints, for each step: samples/s, useful cells/s (cells of real grids, not padding), achieved GFLOP/s on
 useful work and that as a fraction of the matrix-multiply peak measured here for the same dtype; then the
@@ -10,6 +11,7 @@ ratios. Also times the evaluation of the 120 ARC-AGI-2 evaluation tasks at the q
 prints peak memory. Steps 2 and 3 run the same --batches batches of real pairs (spread over the sizes of
 an epoch); every figure is the median of --repeats timed repetitions after a warm-up.
 """
+import collections
 import math
 import os
 import resource
@@ -24,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils._python_dispatch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import train_full as tf
@@ -219,6 +222,84 @@ def main(argv):
 
 
 # -----------------------------------------------------------------------------
+# What a training step asks of the host. On a GPU each ATen operation is a kernel launch the host must
+# issue, and an operation that reads a value back (or whose output size depends on values) makes the host
+# wait for the device: both are counted here, on any device, by watching the dispatcher.
+
+# Operations that read a tensor's value into Python or size their output by its values: on a GPU each
+# waits for every kernel queued before it.
+SYNCING = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "nonzero_static", "masked_select",
+           "_unique", "_unique2", "unique_dim", "unique_consecutive", "_coalesce", "coalesce", "repeat_interleave",
+           "allclose", "tolist"}
+
+
+class OperationCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ATen operations run under it that launch a kernel (all but views, which only make new
+    metadata), and those that would make a CUDA host wait (SYNCING, or indexing with a boolean mask,
+    which finds its true cells first)."""
+    def __init__(self):
+        super().__init__()
+        self.operations, self.syncs = 0, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.operations += not func.is_view
+        bool_index = name in ("index", "index_put", "index_put_") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
+        if name in SYNCING or bool_index:
+            self.syncs.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def step_profile(config, steps=4, warmup=3):
+    """(ATen operations that launch a kernel per step, the syncing operations of one step by name, median ms per step) of
+    train_step on real batches of the embedded data, after `warmup` steps (compiling, optimizer state)."""
+    device = tf.choose_device(config)
+    amp_dtype, _ = tf.choose_precision(config, device)
+    tasks, _ = tf.load_tasks(config)
+    training_set = tf.build_training_set(tasks, config)
+    torch.manual_seed(0)
+    model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
+    if config["compile"]:
+        for block in model.blocks:
+            block.compile(dynamic=True)
+    optimizers = tf.make_optimizers(model, config, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    batches = [batch for _, batch in spread_batches(training_set, config, warmup + steps)]
+    step = lambda batch: tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
+    for batch in batches[:warmup]:
+        step(batch)
+    counter = OperationCounter()
+    with counter:
+        for batch in batches[warmup:]:
+            step(batch)
+    times = []
+    for batch in batches[warmup:]:
+        synchronize(device)
+        start = time.perf_counter()
+        step(batch)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return counter.operations / steps, sorted(counter.syncs)[::steps], 1000 * statistics.median(times)
+
+
+def print_step_profile(argv):
+    """bench.py --steps: operations and syncs per step of the default model at batch 32 (eager), and host
+    ms per step: a width-32 model on batches of one pair, whose compute is negligible, at the default
+    settings (compile on), so what is timed is what the host does to issue a step."""
+    config = tf.parse_config(argv)
+    operations, syncs, _ = step_profile({**config, "compile": False})
+    print(f"per training step, embed_dim {config['embed_dim']}, {config['num_layers']} layers, batch "
+          f"{config['batch_size']}, eager: {operations:.0f} ATen operations that launch a kernel, {len(syncs)} that sync a GPU"
+          + (f" ({', '.join(f'{name} x{n}' for name, n in collections.Counter(syncs).items())})" if syncs else ""))
+    narrow = {**config, "embed_dim": 32, "batch_size": 1}
+    _, _, eager_ms = step_profile({**narrow, "compile": False}, steps=15)
+    _, _, compiled_ms = step_profile(narrow, steps=15)
+    print(f"host time per step (embed_dim 32, batches of one pair: negligible compute): {compiled_ms:.1f} ms "
+          f"compiled, {eager_ms:.1f} ms eager")
+
+
+# -----------------------------------------------------------------------------
 # The self-check: what a real run needs of the machine, each part tried and reported in one table.
 
 def spread_batches(training_set, config, count):
@@ -350,6 +431,8 @@ if __name__ == "__main__":
     try:
         if "--check" in sys.argv[1:]:
             sys.exit(self_check([a for a in sys.argv[1:] if a != "--check"]))
+        if "--steps" in sys.argv[1:]:
+            sys.exit(print_step_profile([a for a in sys.argv[1:] if a != "--steps"]))
         main(sys.argv[1:])
     except (tf.ConfigError, tf.ARCDataError) as error:
         print(f"error: {error}", file=sys.stderr)
