@@ -156,8 +156,7 @@ def main(argv):
     # 2 and 3 share the model, optimizers and real batches of this project.
     model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
     if config["compile"]:
-        for block in model.blocks:
-            block.compile(dynamic=True)
+        tf.compile_model(model)
     optimizers = tf.make_optimizers(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     parameters = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
@@ -251,9 +250,10 @@ class OperationCounter(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def step_profile(config, steps=4, warmup=3):
-    """(ATen operations that launch a kernel per step, the syncing operations of one step by name, median ms per step) of
-    train_step on real batches of the embedded data, after `warmup` steps (compiling, optimizer state)."""
+def step_profile(config, steps=4, warmup=3, largest_canvas=None):
+    """(ATen operations that launch a kernel per step, the syncing operations of one step by name, median ms
+    per step) of train_step on real batches of the embedded data, after `warmup` steps (compiling, optimizer
+    state); with `largest_canvas`, batches of one pair on at most that many cells alone."""
     device = tf.choose_device(config)
     amp_dtype, _ = tf.choose_precision(config, device)
     tasks, _ = tf.load_tasks(config)
@@ -261,11 +261,14 @@ def step_profile(config, steps=4, warmup=3):
     torch.manual_seed(0)
     model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
     if config["compile"]:
-        for block in model.blocks:
-            block.compile(dynamic=True)
-    optimizers = tf.make_optimizers(model, config, fused=device.type == "cuda")
+        tf.compile_model(model)
+    optimizers = tf.make_optimizers(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    batches = [batch for _, batch in spread_batches(training_set, config, warmup + steps)]
+    if largest_canvas is None:
+        batches = [batch for _, batch in spread_batches(training_set, config, warmup + steps)]
+    else:
+        batches = [batch for _, batch in spread_batches(training_set, config, len(training_set.inputs))
+                   if len(batch.inputs) == 1 and batch.inputs[0].size <= largest_canvas][:warmup + steps]
     step = lambda batch: tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
     for batch in batches[:warmup]:
         step(batch)
@@ -285,17 +288,17 @@ def step_profile(config, steps=4, warmup=3):
 
 def print_step_profile(argv):
     """bench.py --steps: operations and syncs per step of the default model at batch 32 (eager), and host
-    ms per step: a width-32 model on batches of one pair, whose compute is negligible, at the default
-    settings (compile on), so what is timed is what the host does to issue a step."""
+    ms per step: a width-32 model on batches of one small pair (at most 10x10 cells), whose compute is
+    negligible, at the default settings (compile on), so what is timed is what the host does to issue a step."""
     config = tf.parse_config(argv)
     operations, syncs, _ = step_profile({**config, "compile": False})
     print(f"per training step, embed_dim {config['embed_dim']}, {config['num_layers']} layers, batch "
           f"{config['batch_size']}, eager: {operations:.0f} ATen operations that launch a kernel, {len(syncs)} that sync a GPU"
           + (f" ({', '.join(f'{name} x{n}' for name, n in collections.Counter(syncs).items())})" if syncs else ""))
     narrow = {**config, "embed_dim": 32, "batch_size": 1}
-    _, _, eager_ms = step_profile({**narrow, "compile": False}, steps=15)
-    _, _, compiled_ms = step_profile(narrow, steps=15)
-    print(f"host time per step (embed_dim 32, batches of one pair: negligible compute): {compiled_ms:.1f} ms "
+    _, _, eager_ms = step_profile({**narrow, "compile": False}, steps=30, warmup=10, largest_canvas=100)
+    _, _, compiled_ms = step_profile(narrow, steps=30, warmup=10, largest_canvas=100)
+    print(f"host time per step (embed_dim 32, batches of one pair of at most 10x10: negligible compute): {compiled_ms:.1f} ms "
           f"compiled, {eager_ms:.1f} ms eager")
 
 
@@ -373,7 +376,7 @@ def self_check(argv):
     batches = [batch for _, batch in spread]
     torch.manual_seed(0)
     model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
-    optimizers = tf.make_optimizers(model, config, fused=device.type == "cuda")
+    optimizers = tf.make_optimizers(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     graphs = []
     try:

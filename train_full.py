@@ -672,21 +672,23 @@ def focus_pairs(training_set):
     return np.flatnonzero(held_out) if held_out.any() else np.arange(len(training_set.inputs))
 
 
-def epoch_batches(training_set, config, epoch, focus=False):
+def epoch_batches(training_set, config, epoch, focus=False, processes=1):
     """The epoch's batches as [(pair indices, augmentation indices)], in a shuffled order; with `focus`,
-    over the evaluation and test tasks' pairs alone."""
+    over the evaluation and test tasks' pairs alone. batch_size is each process's, so a batch holds
+    `processes` times as many pairs: more GPUs train more samples per step."""
     rng = np.random.default_rng([config["seed"], epoch, 1])
     pairs = focus_pairs(training_set) if focus else np.arange(len(training_set.inputs))
     order = pairs[rng.permutation(len(pairs))]
     augmentation = rng.integers(0, training_set.num_augmentations, size=len(order))
     heights, widths = pair_canvas_sides(training_set, config["canvas_size"])
-    cells_per_batch = config["batch_size"] * float(np.mean(heights[pairs] * widths[pairs]))
+    batch_size = config["batch_size"] * processes
+    cells_per_batch = batch_size * float(np.mean(heights[pairs] * widths[pairs]))
     dihedral = training_set.dihedral[training_set.pair_task[order], augmentation]
     transposed = swaps_sides(dihedral)
     height = np.where(transposed, widths[order], heights[order])
     width = np.where(transposed, heights[order], widths[order])
     batches = []
-    chunk = 256 * config["batch_size"]  # sorting within chunks keeps batches from being the same every epoch
+    chunk = 256 * batch_size  # sorting within chunks keeps batches from being the same every epoch
     for start in range(0, len(order), chunk):
         positions = np.arange(start, min(start + chunk, len(order)))
         positions = positions[np.lexsort((width[positions], height[positions]))]
@@ -709,6 +711,7 @@ class Batch(NamedTuple):
     embedding_ids: np.ndarray   # (B,)
     cells: int = 0              # cells carrying a loss in the whole batch, every process's slice (0: those here)
     weight: float = 1.0         # 0 for a process with no pair of this batch: it runs one, which counts for nothing
+    rows: np.ndarray | None = None  # the task-embedding rows of the whole batch, sorted (None: those of this slice)
 
 
 def loss_cells(height, width, canvas_size):
@@ -730,8 +733,9 @@ def make_batch(training_set, pairs, augmentation_indices, canvas_size, rank=0, w
     transposed = swaps_sides(training_set.dihedral[training_set.pair_task[pairs], augmentation_indices])
     cells = sum(loss_cells(*(training_set.outputs[p].shape[::-1] if turn else training_set.outputs[p].shape), canvas_size)
                 for p, turn in zip(pairs, transposed))
+    rows = np.unique(training_set.pair_task[pairs] * training_set.num_augmentations + augmentation_indices)
     return Batch(inputs.astype(np.int64), targets.astype(np.int64),
-                 np.array([e[2] for e in examples], dtype=np.int64), int(cells), weight)
+                 np.array([e[2] for e in examples], dtype=np.int64), int(cells), weight, rows)
 
 
 # -----------------------------------------------------------------------------
@@ -786,9 +790,11 @@ class ARCTransformer(nn.Module):
     def __init__(self, config, num_embeddings):
         super().__init__()
         dim, self.num_prefix_tokens = config["embed_dim"], config["num_prefix_tokens"]
-        # Sparse: a batch touches a few hundred of the (task, augmentation) rows, and SparseAdam updates
-        # only those instead of sweeping a table that can hold tens of millions of numbers.
-        self.task_embedding = nn.Embedding(num_embeddings, self.num_prefix_tokens * dim, sparse=True)
+        # A batch touches a few hundred of the (task, augmentation) rows: training passes those rows alone
+        # (forward's task_rows) and RowAdam updates them, instead of sweeping a table that can hold tens of
+        # millions of numbers. The table itself takes no gradient.
+        self.task_embedding = nn.Embedding(num_embeddings, self.num_prefix_tokens * dim)
+        self.task_embedding.weight.requires_grad_(False)
         self.prefix_position = nn.Parameter(torch.randn(self.num_prefix_tokens, dim) * 0.02)
         self.token_embedding = nn.Embedding(VOCAB_SIZE, dim)
         self.row_embedding = nn.Embedding(config["canvas_size"], dim)
@@ -805,12 +811,14 @@ class ARCTransformer(nn.Module):
         # Zero: an unseen task starts from the shared model's behaviour, not from noise.
         nn.init.zeros_(self.task_embedding.weight)
 
-    def forward(self, canvases, embedding_ids):
-        """Logits (B, H, W, VOCAB_SIZE) for the output canvas from input canvases (B, H, W)."""
+    def forward(self, canvases, embedding_ids, task_rows=None):
+        """Logits (B, H, W, VOCAB_SIZE) for the output canvas from input canvases (B, H, W). embedding_ids
+        index the task-embedding table, or `task_rows` (some of its rows, to take their gradient) if given."""
         batch, height, width = canvases.shape
         x = (self.token_embedding(canvases) + self.row_embedding.weight[:height, None]
              + self.column_embedding.weight[None, :width]).view(batch, height * width, -1)
-        prefix = self.task_embedding(embedding_ids).view(batch, self.num_prefix_tokens, -1) + self.prefix_position
+        table = self.task_embedding.weight if task_rows is None else task_rows
+        prefix = F.embedding(embedding_ids, table).view(batch, self.num_prefix_tokens, -1) + self.prefix_position
         x = torch.cat([prefix.to(x.dtype), x], dim=1)
         # PAD cells are masked as keys: the grid's representation then does not depend on how much
         # padding the batch has, so a cut canvas predicts exactly what the full one does.
@@ -827,9 +835,9 @@ class ARCTransformer(nn.Module):
 class Distributed:
     """This process's place among the processes torchrun started (rank 0 of 1 without torchrun), and the
     few exchanges the training loop needs. Every process takes an equal slice of each batch; a
-    DistributedDataParallel wrapper averages the transformer's gradients; the sparse task-embedding
-    gradients, which it cannot exchange, are gathered here. Decisions that hang on a clock (stop, save,
-    evaluate) are taken by rank 0 and sent to all, so every process takes the same path."""
+    DistributedDataParallel wrapper averages the transformer's gradients; the gradients of the task-embedding
+    rows a batch touches, which are no parameter's, are averaged here. Decisions that hang on a clock (stop,
+    save, evaluate) are taken by rank 0 and sent to all, so every process takes the same path."""
     def __init__(self, rank=0, world_size=1, local_rank=0):
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
 
@@ -858,26 +866,12 @@ class Distributed:
             dist.all_reduce(tensor)
         return tensor
 
-    def average_sparse_gradient(self, parameter):
-        """Replace each process's sparse gradient of `parameter` by the mean over the processes."""
-        if self.world_size == 1 or parameter.grad is None:
-            return
-        grad = parameter.grad.coalesce()
-        indices, values = grad.indices()[0], grad.values()
-        count = torch.tensor([indices.numel()], device=values.device)
-        counts = [torch.zeros_like(count) for _ in range(self.world_size)]
-        dist.all_gather(counts, count)
-        counts = [int(c) for c in counts]
-        padded_indices = indices.new_zeros(max(counts))  # all_gather needs equal sizes
-        padded_values = values.new_zeros(max(counts), *values.shape[1:])
-        padded_indices[:len(indices)], padded_values[:len(values)] = indices, values
-        all_indices = [torch.empty_like(padded_indices) for _ in counts]
-        all_values = [torch.empty_like(padded_values) for _ in counts]
-        dist.all_gather(all_indices, padded_indices)
-        dist.all_gather(all_values, padded_values)
-        indices = torch.cat([i[:n] for i, n in zip(all_indices, counts)])
-        values = torch.cat([v[:n] for v, n in zip(all_values, counts)]) / self.world_size
-        parameter.grad = torch.sparse_coo_tensor(indices[None], values, parameter.shape, check_invariants=False).coalesce()
+    def average(self, tensor):
+        """The mean of a tensor over the processes, in place."""
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+            tensor /= self.world_size
+        return tensor
 
 
 SINGLE_PROCESS = Distributed()
@@ -947,35 +941,118 @@ def autocast(device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
 
-def make_optimizers(model, config, fused=False):
+class Muon(torch.optim.Optimizer):
+    """torch.optim.Muon's update (Nesterov momentum, five Newton-Schulz steps in bf16, the "match_rms_adamw"
+    scale, decoupled weight decay), made for all the matrices of one shape at once: about 25 operations a
+    shape where torch.optim.Muon launches 23 for each matrix, a third of a step's operations on a GPU. Its
+    state is torch.optim.Muon's (a momentum_buffer per matrix), so either loads the other's checkpoint.
+    step(keep): `keep` a 0-dim device tensor, 1 to update and 0 to leave everything as it was, so that a
+    step whose gradients are not finite is skipped without the host reading a flag."""
+    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_steps=5, eps=1e-7):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
+                                  "ns_steps": ns_steps, "eps": eps})
+
+    @staticmethod
+    def orthogonalise(updates, ns_steps, eps):
+        """Newton-Schulz on a stack of same-shape matrices (torch.optim.Muon's coefficients): each becomes
+        about the nearest semi-orthogonal matrix, so every direction of it learns at the same rate."""
+        x = updates.bfloat16()
+        tall = x.shape[-2] > x.shape[-1]
+        x = x.mT if tall else x
+        x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+        for _ in range(ns_steps):
+            gram = x @ x.mT
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=-4.7750, alpha=2.0315), x, beta=3.4445)
+        return x.mT if tall else x
+
+    @torch.no_grad()
+    def step(self, keep=None):
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            decay = 1 - lr * group["weight_decay"] * (1 if keep is None else keep)
+            shapes = collections.defaultdict(list)
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    shapes[parameter.shape].append(parameter)
+            for (rows, columns), parameters in shapes.items():
+                buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in parameters]
+                grads, buffer = torch.stack([p.grad for p in parameters]), torch.stack(buffers)
+                if keep is None:
+                    buffer.lerp_(grads, 1 - momentum)
+                else:  # a skipped step's gradients may be NaN, which a zero weight would still spread
+                    grads = torch.where(keep > 0, grads, 0.0)
+                    buffer.lerp_(grads, (1 - momentum) * keep)
+                torch._foreach_copy_(buffers, buffer.unbind(0))
+                update = self.orthogonalise(grads.lerp(buffer, momentum), group["ns_steps"], group["eps"])
+                scale = -lr * 0.2 * math.sqrt(max(rows, columns))  # "match_rms_adamw": AdamW's update size
+                update = update.float() * (scale if keep is None else scale * keep)
+                torch._foreach_mul_(parameters, decay)
+                torch._foreach_add_(parameters, update.unbind(0))
+
+
+class RowAdam(torch.optim.Optimizer):
+    """SparseAdam's update of the task-embedding table for the rows a step touches, named by the host (which
+    knows them from the batch before the step), where SparseAdam finds them in a sparse gradient with
+    coalesce, which makes the host wait for the device. Its state is SparseAdam's (step, exp_avg,
+    exp_avg_sq), so either loads the other's checkpoint. step(rows, grad, keep): grad holds the rows'
+    gradients in the order of `rows`; keep as in Muon."""
+    def __init__(self, params, lr, betas=(0.9, 0.95), eps=1e-8):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, rows, grad, keep):
+        group = self.param_groups[0]
+        table = group["params"][0]
+        state = self.state[table]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(table), exp_avg_sq=torch.zeros_like(table))
+        state["step"] += 1  # on the host: a skipped step counts too, which changes the bias correction little
+        beta1, beta2 = group["betas"]
+        grad = torch.where(keep > 0, grad, 0.0)
+        exp_avg, exp_avg_sq = state["exp_avg"].index_select(0, rows), state["exp_avg_sq"].index_select(0, rows)
+        exp_avg.lerp_(grad, (1 - beta1) * keep)
+        exp_avg_sq.lerp_(grad.square(), (1 - beta2) * keep)
+        state["exp_avg"].index_copy_(0, rows, exp_avg)
+        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+        step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
+        table.index_add_(0, rows, exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"])).mul_(-step_size * keep))
+
+
+# The batch the learning rates and the warm-up are given for. A global batch of B pairs trains at sqrt(B / 32)
+# times the transformer's rates and warms up over 32 / B times the steps (the same samples); the task embeddings
+# keep their rate, since each row is updated as often over a run whatever the batch (EXPERIMENTS.md).
+REFERENCE_BATCH = 32
+
+
+def make_optimizers(model, config, batch_pairs=REFERENCE_BATCH):
     """Muon for the blocks' matrices, AdamW for the other dense weights (the head, the cell embeddings, the
-    norms; `fused`, one kernel for all, on a GPU), SparseAdam for the task embeddings. Muon orthogonalises
-    each matrix's update, so every direction of it learns at the same rate: on the dev benchmark it solved
-    three times the tasks AdamW did in the same 15 minutes (21 against 7, two seeds; EXPERIMENTS.md).
-    "match_rms_adamw" scales its update to AdamW's size, so both share one learning rate. Each group keeps
-    its peak rate as "peak_lr", which the schedule scales."""
+    norms; fused: one kernel for all), RowAdam for the task embeddings. Muon orthogonalises each matrix's
+    update, so every direction of it learns at the same rate: on the dev benchmark it solved three times the
+    tasks AdamW did in the same 15 minutes (21 against 7, two seeds; EXPERIMENTS.md). Its update is scaled
+    to AdamW's size, so both share one learning rate, scaled for a step of `batch_pairs` pairs. Each group
+    keeps its peak rate as "peak_lr", which the schedule scales."""
     named = [(n, p) for n, p in model.named_parameters() if n != "task_embedding.weight"]
     matrices = [p for n, p in named if n.startswith("blocks.") and p.dim() == 2]
     rest = [(n, p) for n, p in named if not (n.startswith("blocks.") and p.dim() == 2)]
     decay = [p for n, p in rest if n == "head.weight"]  # not the embeddings' vectors, not the norms
     no_decay = [p for n, p in rest if n != "head.weight"]
-    lr, weight_decay = config["learning_rate"], config["weight_decay"]
-    muon = torch.optim.Muon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay,
-                            adjust_lr_fn="match_rms_adamw")
+    lr, weight_decay = config["learning_rate"] * math.sqrt(batch_pairs / REFERENCE_BATCH), config["weight_decay"]
+    muon = Muon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay)
     adamw = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay, "peak_lr": lr},
                                {"params": no_decay, "weight_decay": 0.0, "peak_lr": lr}],
-                              lr=lr, betas=(0.9, 0.95), fused=fused)
-    sparse = torch.optim.SparseAdam([{"params": [model.task_embedding.weight], "peak_lr": config["task_embedding_lr"]}],
-                                    lr=config["task_embedding_lr"], betas=(0.9, 0.95))
-    return muon, adamw, sparse
+                              lr=lr, betas=(0.9, 0.95), fused=True)
+    rows = RowAdam([{"params": [model.task_embedding.weight], "peak_lr": config["task_embedding_lr"]}],
+                   lr=config["task_embedding_lr"])
+    return muon, adamw, rows
 
 
-def learning_rate_factor(step, progress, config):
-    """Linear warm-up over warmup_steps, then cosine decay to min_lr_ratio as `progress` goes from 0 to 1.
-    Progress is the larger of the steps done and the time budget used, so a run stopped by time still ends
-    with a decayed learning rate."""
-    if step < config["warmup_steps"]:
-        return (step + 1) / config["warmup_steps"]
+def learning_rate_factor(step, progress, config, batch_pairs=REFERENCE_BATCH):
+    """Linear warm-up over the samples of warmup_steps steps of REFERENCE_BATCH pairs (fewer steps of a
+    larger batch), then cosine decay to min_lr_ratio as `progress` goes from 0 to 1. Progress is the larger
+    of the steps done and the time budget used, so a run stopped by time still ends with a decayed rate."""
+    warmup = max(1, round(config["warmup_steps"] * REFERENCE_BATCH / batch_pairs))
+    if step < warmup:
+        return (step + 1) / warmup
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return config["min_lr_ratio"] + (1 - config["min_lr_ratio"]) * cosine
 
@@ -993,10 +1070,11 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
     """One optimisation step on a Batch (or the arrays of a whole one). Under torchrun each process has its
     slice of the batch (model is then the DistributedDataParallel wrapper); a slice runs as `micro_batches`
     parts (for a batch that does not fit in memory at once). Every part's loss is weighted by its share of
-    the batch's loss cells, so the gradient is the whole batch's however it is split. Returns (loss, accuracy,
-    finite): this process's parts of the batch's loss and accuracy as tensors (over the processes they add
-    up to the batch's); finite is False when the loss or the gradients were not finite on any process, and
-    then no update was made. Reading `finite` is the step's one host-device sync."""
+    the batch's loss cells, so the gradient is the whole batch's however it is split. Returns (loss,
+    accuracy, finite) as device tensors: this process's parts of the batch's loss and accuracy (over the
+    processes they add up to the batch's; 0 for a skipped step), and False where the loss or the gradients
+    were not finite on some process, when no update was made. Nothing here makes the host wait for the
+    device: the update is applied or not by a device flag, and the caller reads the results in batches."""
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor
@@ -1006,35 +1084,45 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
     # DistributedDataParallel averages over the processes, so each scales its share up by their number. A
     # process with no pair of this batch still runs one at zero weight: every process must join each exchange.
     scale = distributed.world_size * batch.weight
+    # The task-embedding rows the batch touches, the same on every process: the table's gradient is theirs.
+    rows = np.unique(batch.embedding_ids) if batch.rows is None else batch.rows
+    row_ids = np.searchsorted(rows, batch.embedding_ids)
+    rows = torch.from_numpy(rows).to(device, non_blocking=True)
+    task_rows = getattr(model, "module", model).task_embedding.weight.index_select(0, rows).requires_grad_()
     parts = [part for part in np.array_split(np.arange(len(batch.inputs)), micro_batches) if len(part)]
     total_loss = total_accuracy = 0.0
     for i, part in enumerate(parts):
-        inputs, targets, embedding_ids = (torch.from_numpy(a[part]).to(device, non_blocking=True) for a in batch[:3])
+        inputs, targets, ids = (torch.from_numpy(a[part]).to(device, non_blocking=True)
+                                for a in (batch.inputs, batch.targets, row_ids))
         last = i == len(parts) - 1
         with (model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()):
             with autocast(device, amp_dtype):
-                logits = model(inputs, embedding_ids)
+                logits = model(inputs, ids, task_rows)
             loss, accuracy = masked_loss_and_accuracy(logits, targets)
             share = counted[part].sum() / cells
             scaler.scale(loss * scale * share).backward()
         total_loss = total_loss + loss.detach() * share * batch.weight
         total_accuracy = total_accuracy + accuracy.detach() * share * batch.weight
-    *dense, sparse = optimizers
-    distributed.average_sparse_gradient(sparse.param_groups[0]["params"][0])
-    for optimizer in optimizers:
+    muon, adamw, row_adam = optimizers
+    for optimizer in (muon, adamw):
         scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_([p for o in dense for g in o.param_groups for p in g["params"]],
+    row_grad = distributed.average(task_rows.grad)
+    if scaler.is_enabled():  # unscaled as unscale_ does the others, by the scale's device tensor (no read)
+        row_grad = row_grad / scaler._scale
+    norm = torch.nn.utils.clip_grad_norm_([p for o in (muon, adamw) for g in o.param_groups for p in g["params"]],
                                           config["grad_clip"])
-    # With fp16 the scaler itself skips steps whose gradients overflowed and lowers its scale: that is
-    # routine, not a fault. Otherwise a non-finite gradient norm means the update would spoil the weights.
-    finite = bool(distributed.all_true(torch.isfinite(total_loss) & (torch.isfinite(norm) | scaler.is_enabled())))
-    if finite or scaler.is_enabled():
-        for optimizer in optimizers:
-            scaler.step(optimizer)
+    keep = distributed.all_true(torch.isfinite(total_loss) & torch.isfinite(norm)).float()
+    adamw.found_inf = 1 - keep  # how a fused optimizer is told to skip (GradScaler sets it the same way)
+    muon.step(keep)
+    adamw.step()
+    row_adam.step(rows, row_grad, keep)
+    # With fp16 the scaler lowers its scale after gradients that overflowed: the step is skipped, which is
+    # routine, not a fault. Otherwise a non-finite gradient norm would have spoilt the weights.
+    finite = keep > 0 if not scaler.is_enabled() else distributed.all_true(torch.isfinite(total_loss))
     scaler.update()
-    for optimizer in optimizers:
+    for optimizer in (muon, adamw):
         optimizer.zero_grad(set_to_none=True)
-    return total_loss, total_accuracy, finite
+    return total_loss * keep, total_accuracy * keep, finite
 
 
 # -----------------------------------------------------------------------------
@@ -1222,7 +1310,7 @@ def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=N
     votes, adapting = {}, 0.0
     for task in tasks:
         start = time.perf_counter()
-        optimizers = make_optimizers(model, config, fused=device.type == "cuda")
+        optimizers = make_optimizers(model, config)
         batch = adaptation_batch(training_set, training_set.task_index[task.id], config)
         for _ in range(config["adapt_steps"]):
             train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
@@ -1800,8 +1888,13 @@ class Run:
     amp_dtype: object         # the autocast dtype, None for fp32
     model: ARCTransformer
     stepper: nn.Module        # what train_step runs: the model, or under torchrun its DistributedDataParallel wrapper
-    optimizers: tuple         # (Muon for the blocks' matrices, AdamW for the rest, SparseAdam for the task embeddings)
+    optimizers: tuple         # (Muon for the blocks' matrices, AdamW for the rest, RowAdam for the task embeddings)
     scaler: torch.amp.GradScaler
+
+    @property
+    def batch_pairs(self):
+        """Pairs per step over all processes: batch_size is each process's."""
+        return self.config["batch_size"] * self.distributed.world_size
 
 
 def record(run, entry):
@@ -1809,17 +1902,21 @@ def record(run, entry):
         append_metrics(run.paths.metrics, entry)
 
 
+def compile_model(model, backend="inductor"):
+    """Compile the model's forward, whole: one compiled region issues a step's forward and backward with a
+    fraction of the host's work of six (the blocks alone). dynamic=True because every batch has its own
+    canvas size; prediction (no gradient, the whole task table) compiles once more."""
+    model.compile(dynamic=True, backend=backend)
+
+
 def prepare_model(model, config, device, distributed):
-    """The model to step: its blocks compiled if asked, wrapped for DistributedDataParallel under torchrun."""
+    """The model to step: compiled if asked, wrapped for DistributedDataParallel under torchrun."""
     if config["compile"]:
-        # The blocks only: the sparse task embedding cannot be compiled. dynamic=True because every batch
-        # has its own canvas size.
-        for block in model.blocks:
-            block.compile(dynamic=True)
+        compile_model(model)
     if distributed.world_size == 1:
         return model
-    # The sparse task embedding is left out of its gradient averaging (NCCL cannot reduce sparse tensors);
-    # train_step gathers those gradients itself.
+    # The task-embedding table takes no gradient (train_step averages its touched rows' own): left out, it
+    # is not broadcast at the start either.
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["task_embedding.weight"])
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -1845,7 +1942,7 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
               f"{len(training_set.task_ids)} tasks" + ("" if pretrained["config"]["seed"] == config["seed"] else
                                                        f" (it was trained with seed {pretrained['config']['seed']})"))
     stepper = prepare_model(model, config, device, distributed)
-    optimizers = make_optimizers(model, config, fused=device.type == "cuda")
+    optimizers = make_optimizers(model, config, config["batch_size"] * distributed.world_size)
     if device.type == "cuda" and amp_dtype is None:  # fp32 matrix products on the tensor cores (TF32)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -1886,7 +1983,8 @@ class EpochBatches:
     def of_epoch(self, state):
         if self.key != (state.epoch, state.focus):
             self.key = (state.epoch, state.focus)
-            self.batches = epoch_batches(self.training_set, self.config, state.epoch, state.focus)
+            self.batches = epoch_batches(self.training_set, self.config, state.epoch, state.focus,
+                                         self.distributed.world_size)
         return self.batches
 
     def next(self, state, focus):
@@ -1923,11 +2021,18 @@ def training_progress(state, clock, costs, total_steps):
     return max(state.step / total_steps, training_fraction_used(clock, costs))
 
 
+def steps_between_decisions(distributed):
+    """Steps from one decision to the next: every step for one process, every few under torchrun, where
+    each agreement makes every host wait for its device."""
+    return 1 if distributed.world_size == 1 else 8
+
+
 def decide(run, state, clock, costs, signal_received, progress_fraction):
-    """What to do before the next step, as rank 0 sees it, agreed by every process in one exchange: the
+    """What to do before the next steps, as rank 0 sees it, agreed by every process in one exchange: the
     clocks of several processes differ, and they must all take the same path."""
     config, used = run.config, clock.used()
-    stop = signal_received or ("time budget" if used + costs.final_seconds() + 2 * costs.step > clock.budget else "")
+    ahead = (steps_between_decisions(run.distributed) + 1) * costs.step  # the steps until the next decision
+    stop = signal_received or ("time budget" if used + costs.final_seconds() + ahead > clock.budget else "")
     save = used - state.elapsed >= 60 * config["save_every_n_minutes"]
     due = ((config["eval_every_n_minutes"] > 0 and used - state.last_eval_time >= 60 * config["eval_every_n_minutes"])
            or (config["eval_every_n_epochs"] > 0 and state.epoch - state.last_eval_epoch >= config["eval_every_n_epochs"]))
@@ -2067,21 +2172,31 @@ def submission_at_the_end(run, state, clock, costs, progress, may_predict):
 
 
 class Interval:
-    """Sums over the steps since the last log line, kept as device tensors until that line reads them."""
-    def __init__(self):
-        self.loss = self.accuracy = 0.0
+    """Sums over the steps since the last log line, kept as device tensors until that line reads them: the
+    loss and accuracy of the steps that counted, how many did not (their update skipped for a non-finite
+    loss or gradient), and the longest run of those in a row, carried on from interval to interval."""
+    def __init__(self, in_a_row=0.0):
+        self.loss = self.accuracy = self.skipped = 0.0
+        self.in_a_row = self.longest = in_a_row
         self.steps = self.samples = 0
         self.start = time.perf_counter()
 
-    def add(self, loss, accuracy, samples):
-        self.loss, self.accuracy = self.loss + loss, self.accuracy + accuracy
+    def add(self, loss, accuracy, finite, samples):
+        skipped = 1.0 - finite.float()
+        self.loss, self.accuracy, self.skipped = self.loss + loss, self.accuracy + accuracy, self.skipped + skipped
+        self.in_a_row = (self.in_a_row + 1) * skipped
+        self.longest = torch.maximum(torch.as_tensor(self.longest), self.in_a_row)
         self.steps, self.samples = self.steps + 1, self.samples + samples
 
 
 def log_interval(run, state, clock, interval, learning_rate, epochs_done, progress):
     """One metrics.jsonl record and progress line for the interval; the interval's one host-device sync.
-    Under torchrun each process holds its part of every batch's figures, which add up over them."""
-    loss, accuracy = (float(run.distributed.sum(total)) / interval.steps for total in (interval.loss, interval.accuracy))
+    Under torchrun each process holds its part of every batch's figures, which add up over them. Returns
+    (steps skipped in the interval, the longest run of them in a row, the run in a row at its end)."""
+    skipped, longest, in_a_row = (int(torch.as_tensor(value)) for value in
+                                  (interval.skipped, interval.longest, interval.in_a_row))
+    counted = max(interval.steps - skipped, 1)
+    loss, accuracy = (float(run.distributed.sum(total)) / counted for total in (interval.loss, interval.accuracy))
     line = {"kind": "train", "step": state.step, "epoch": round(epochs_done, 3), "elapsed": round(clock.used(), 2),
             "loss": round(loss, 5), "accuracy": round(accuracy, 5), "learning_rate": float(f"{learning_rate:.4g}"),
             "samples_per_s": round(interval.samples / (time.perf_counter() - interval.start), 1)}
@@ -2089,6 +2204,7 @@ def log_interval(run, state, clock, interval, learning_rate, epochs_done, progre
     progress.update(clock, {"step": line["step"], "epoch": line["epoch"], "loss": line["loss"],
                             "acc": line["accuracy"], "lr": f"{line['learning_rate']:.2e}",
                             "samples/s": line["samples_per_s"]})
+    return skipped, longest, in_a_row
 
 
 def split_after_out_of_memory(run, state, batch_size, progress):
@@ -2107,14 +2223,18 @@ def split_after_out_of_memory(run, state, batch_size, progress):
     return True
 
 
-def skip_nonfinite_step(run, state, clock, progress):
-    """Count a step whose update was skipped for a non-finite loss or gradient. After max_nonfinite_steps in
-    a row, go back to last.pt's weights and place in the data (or on from here without one) at half the
-    learning rate. Returns whether it rolled back."""
-    state.nonfinite_steps += 1
-    state.nonfinite_in_a_row += 1
-    progress.write(f"step {state.step}: loss or gradients not finite, update skipped ({state.nonfinite_steps} so far)")
-    if state.nonfinite_in_a_row < run.config["max_nonfinite_steps"]:
+def count_skipped_steps(run, state, clock, progress, skipped, longest, in_a_row):
+    """Count the steps of the last interval whose update was skipped for a non-finite loss or gradient.
+    After max_nonfinite_steps in a row, go back to last.pt's weights and place in the data (or on from
+    here without one) at half the learning rate. Returns whether it rolled back."""
+    if not skipped:
+        state.nonfinite_in_a_row = 0
+        return False
+    state.nonfinite_steps += skipped
+    state.nonfinite_in_a_row = in_a_row
+    progress.write(f"steps to {state.step}: loss or gradients not finite in {skipped}, their updates skipped "
+                   f"({state.nonfinite_steps} so far)")
+    if longest < run.config["max_nonfinite_steps"]:
         return False
     state.lr_scale *= 0.5
     state.nonfinite_in_a_row = 0
@@ -2122,7 +2242,7 @@ def skip_nonfinite_step(run, state, clock, progress):
         saved = restore_checkpoint(run.paths.last, load_checkpoint(run.paths.last, run.config, run.training_set.task_ids),
                                    run.model, run.optimizers, run.scaler)
         state.step, state.epoch, state.batch, state.focus = saved.step, saved.epoch, saved.batch, saved.focus
-    progress.write(f"{run.config['max_nonfinite_steps']} non-finite steps in a row: rolled back to step {state.step} "
+    progress.write(f"{longest} non-finite steps in a row: rolled back to step {state.step} "
                    f"({run.paths.last if os.path.exists(run.paths.last) else 'no checkpoint yet'}) with the "
                    f"learning rate scaled by {state.lr_scale:g}")
     record(run, {"kind": "rollback", "step": state.step, "elapsed": round(clock.used(), 2),
@@ -2134,26 +2254,27 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
     """Train until the epochs are done or a stop is decided; returns why training ended."""
     config = run.config
     batches = EpochBatches(run.training_set, config, run.distributed)
-    total_steps = config["epochs"] * len(epoch_batches(run.training_set, config, 0))
+    total_steps = config["epochs"] * len(epoch_batches(run.training_set, config, 0, processes=run.distributed.world_size))
     total_steps = min(total_steps, config["max_steps"] or total_steps)
-    interval = Interval()
+    interval, decision = Interval(), None
     began, recent = state.step, collections.deque(maxlen=31)  # this process's first step, its recent steps' seconds
     # Epochs differ in their number of batches, so total_steps only estimates their count: max_steps alone stops by steps.
     while state.epoch < config["epochs"] and not (config["max_steps"] and state.step >= config["max_steps"]):
         progress_fraction = training_progress(state, clock, costs, total_steps)
-        decision = decide(run, state, clock, costs, stop_signals.received, progress_fraction)
-        if decision.save:
-            save_last(run, state, clock, costs)
-        if decision.evaluate:
-            evaluate(run, state, clock, costs, "eval", progress)
-        if decision.stop:
-            return decision.stop
+        if decision is None or state.step % steps_between_decisions(run.distributed) == 0:
+            decision = decide(run, state, clock, costs, stop_signals.received, progress_fraction)
+            if decision.save:
+                save_last(run, state, clock, costs)
+            if decision.evaluate:
+                evaluate(run, state, clock, costs, "eval", progress)
+            if decision.stop:
+                return decision.stop
         started = time.perf_counter()
         if state.batch == 0 and decision.focus and not state.focus:
             progress.write(f"epoch {state.epoch}: the last {config['focus_fraction']:.0%} of the budget trains on "
                            "the evaluation and test tasks' demonstrations alone")
         batch, batch_pairs = batches.next(state, decision.focus)
-        lr_factor = state.lr_scale * learning_rate_factor(state.step, progress_fraction, config)
+        lr_factor = state.lr_scale * learning_rate_factor(state.step, progress_fraction, config, run.batch_pairs)
         try:
             loss, accuracy, finite = train_step(run.stepper, run.optimizers, run.scaler, batch, lr_factor, run.device,
                                                 run.amp_dtype, config, state.micro_batches, run.distributed)
@@ -2161,22 +2282,22 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
             if not split_after_out_of_memory(run, state, len(batch[0]), progress):
                 raise
             continue
-        if finite:
-            state.step += 1
-            state.nonfinite_in_a_row = 0
-            interval.add(loss, accuracy, batch_pairs)
-        elif skip_nonfinite_step(run, state, clock, progress):
-            continue
+        state.step += 1
+        interval.add(loss, accuracy, finite, batch_pairs)
         batches.advance(state)
-        if finite and state.step % config["log_every_n_steps"] == 0:
-            log_interval(run, state, clock, interval, config["learning_rate"] * lr_factor, batches.epochs_done(state),
-                         progress)
-            interval = Interval()
+        if state.step % config["log_every_n_steps"] == 0:
+            skipped = log_interval(run, state, clock, interval, config["learning_rate"] * lr_factor,
+                                   batches.epochs_done(state), progress)
+            rolled_back = count_skipped_steps(run, state, clock, progress, *skipped)
+            interval = Interval(0.0 if rolled_back else float(state.nonfinite_in_a_row))
+            if rolled_back:
+                continue
         # The end's estimate scales with a step (an adaptation step costs about a training step), so it is
         # the median of the recent ones: a step that compiles (20 s on an H100, where a step takes 40 ms)
         # would otherwise price the adaptation's reserve, hundreds of steps' worth, at its cost and end a
         # short run early; nor may one slow step move the stop back and forth. The process's first step
-        # (compiling, allocating) is left out.
+        # (compiling, allocating) is left out. With no sync in a step, the host runs ahead of the device
+        # until its queue is full, and from then on a step's time on the host is the device's.
         if state.step > began + 1:
             recent.append(time.perf_counter() - started)
             costs.step = statistics.median(recent) if len(recent) >= 5 else costs.step
@@ -2239,8 +2360,9 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
               + (f"every prediction of this run uses {costs.views} view{'s' * (costs.views > 1)} instead" if costs.views else
                  "no view fits, so the submission keeps the fallback answers written at the start"))
     progress = Progress(clock, interactive=sys.stderr.isatty() or "ipykernel" in sys.modules)
-    print(f"training: {len(epoch_batches(training_set, config, 0))} steps per epoch of {len(training_set.inputs)} "
-          f"pairs; budget {clock.budget:.0f}s, of which about {costs.final_seconds():.0f}s kept for the final "
+    print(f"training: {len(epoch_batches(training_set, config, 0, processes=distributed.world_size))} steps per epoch "
+          f"of {len(training_set.inputs)} pairs, about {config['batch_size'] * distributed.world_size} a step; "
+          f"budget {clock.budget:.0f}s, of which about {costs.final_seconds():.0f}s kept for the final "
           "predictions")
     with StopSignals() as stop_signals:
         try:

@@ -29,9 +29,10 @@ def launch(tmp_path, name, processes, *extra):
     return result, out, ck
 
 
-def test_two_processes_match_one_and_write_their_outputs_once(tmp_path):
+def test_two_processes_at_a_batch_of_b_train_as_one_at_2b_and_write_their_outputs_once(tmp_path):
+    # batch_size is each process's: two processes of 3 pairs take the same steps as one of 6, at the same rates.
     single, single_out, single_ck = launch(tmp_path, "single", 1)
-    double, double_out, double_ck = launch(tmp_path, "double", 2)
+    double, double_out, double_ck = launch(tmp_path, "double", 2, "--batch_size=3")
     assert "2 processes" in double.stdout
     assert double.stdout.count("training stopped at step") == 1  # rank 0 alone prints
     metrics = [json.loads(line) for line in open(double_out / "metrics.jsonl")]
@@ -83,7 +84,7 @@ def test_a_busy_checkpoint_folder_stops_every_process_at_once(tmp_path):
 def test_per_task_adaptation_under_two_processes_leaves_training_as_one_process_does(tmp_path):
     # Evaluations (each adapting every task, then putting the weights back) happen every epoch, between steps.
     single, _, single_ck = launch(tmp_path, "single", 1, "--adapt_steps=2")
-    double, double_out, double_ck = launch(tmp_path, "double", 2, "--adapt_steps=2")
+    double, double_out, double_ck = launch(tmp_path, "double", 2, "--adapt_steps=2", "--batch_size=3")
     assert double.stdout.count("eval at step") >= 2 and "final eval" in double.stdout
     one = torch.load(single_ck / "last.pt", weights_only=True)
     two = torch.load(double_ck / "last.pt", weights_only=True)

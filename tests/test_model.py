@@ -125,8 +125,7 @@ def test_compiled_blocks_train_and_predict_like_eager_ones():
     for compiled in (False, True):
         model, grids = model_and_batch()
         if compiled:
-            for block in model.blocks:
-                block.compile(dynamic=True)
+            tf.compile_model(model)
         optimizers = tf.make_optimizers(model, CONFIG)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         run = []
@@ -155,7 +154,7 @@ def test_muon_holds_the_blocks_matrices_and_every_parameter_has_one_optimizer():
     assert all(len(holders) == 1 for holders in names.values())
     assert names["blocks.0.attention.qkv.weight"] == names["blocks.1.mlp.down.weight"] == ["Muon"]
     assert names["head.weight"] == names["token_embedding.weight"] == names["blocks.0.mlp_norm.weight"] == ["AdamW"]
-    assert names["task_embedding.weight"] == ["SparseAdam"]
+    assert names["task_embedding.weight"] == ["RowAdam"]
     # The schedule scales each group's own peak rate.
     canvases = tf.encode_grids(model_and_batch()[1], (8, 6)).astype(np.int64)
     tf.train_step(model, (muon, adamw, sparse), torch.amp.GradScaler("cpu", enabled=False),
