@@ -396,20 +396,27 @@ def load_embedded(source):
     return tasks
 
 
-def find_kaggle_input(root=KAGGLE_INPUT):
-    """The ARC competition folder under Kaggle's input folder (newest competition first), or None."""
-    if not os.path.isdir(root):
-        return None
-    for name in KAGGLE_COMPETITION_FOLDERS:
-        if is_kaggle_folder(os.path.join(root, name)):
-            return os.path.join(root, name)
+def first_kaggle_folder(root, depth):
+    """The first folder holding Kaggle's ARC files at most `depth` levels below `root` (in name order), or None."""
     for folder, subfolders, _ in os.walk(root):
         if is_kaggle_folder(folder):
             return folder
         subfolders.sort()
-        if folder[len(root):].count(os.sep) >= 3:
+        if folder[len(root):].count(os.sep) >= depth:
             subfolders.clear()  # attached datasets can be deep and large; competition files sit near the top
     return None
+
+
+def find_kaggle_input(root=KAGGLE_INPUT):
+    """The ARC competition folder under Kaggle's input folder, or None: the newest competition's, wherever
+    its files sit within two levels of its folder, before any other folder of ARC files."""
+    if not os.path.isdir(root):
+        return None
+    for name in KAGGLE_COMPETITION_FOLDERS:
+        found = first_kaggle_folder(os.path.join(root, name), depth=2)
+        if found:
+            return found
+    return first_kaggle_folder(root, depth=3)
 
 
 def describe_test_split(tasks, environ=os.environ):

@@ -67,6 +67,13 @@ def test_the_kaggle_input_search_prefers_the_newest_competition(tmp_path):
     assert tf.find_kaggle_input(str(tmp_path)) == str(tmp_path / "competitions" / "arc-prize-2026-arc-agi-2")
 
 
+def test_the_newest_competition_wins_even_with_its_files_a_level_deeper(tmp_path):
+    write_kaggle_folder(str(tmp_path / "arc-prize-2024"), small_dataset())  # sorts first in a plain walk
+    deeper = tmp_path / "competitions" / "arc-prize-2026-arc-agi-2" / "data"
+    write_kaggle_folder(str(deeper), small_dataset())
+    assert tf.find_kaggle_input(str(tmp_path)) == str(deeper)
+
+
 def test_the_kaggle_input_search_finds_a_folder_under_another_name(tmp_path):
     write_kaggle_folder(str(tmp_path / "someone" / "arc-copy"), small_dataset())
     assert tf.find_kaggle_input(str(tmp_path)) == str(tmp_path / "someone" / "arc-copy")
