@@ -1,7 +1,7 @@
 """Speed benchmark: the seed's training step, a fixed-canvas batched step, and train_full.py's step, on
 the same machine, model width and depth, in one run; and a self-check of the machine for a real run.
 
-    python bench.py [--repeats=3] [--batches=8] [--dtype=auto] [--embed_dim=256 --num_layers=6 ...]
+    python bench.py [--repeats=3] [--batches=8] [--preset=kaggle] [--dtype=auto] [--embed_dim=256 ...]
     python bench.py --check [--key=value ...]     # can this machine run the kaggle preset? one table
     python bench.py --steps [--key=value ...]     # what one training step asks of the host: operations, syncs, ms
 
@@ -30,6 +30,8 @@ import torch.utils._python_dispatch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import train_full as tf
+
+PRESETS = tf.load_presets(os.path.dirname(os.path.abspath(__file__)))
 
 
 # -----------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def report(name, seconds, samples, cells, flops, peak):
 
 def main(argv):
     own = ("--repeats=", "--batches=")
-    config = tf.parse_config([a for a in argv if not a.startswith(own)])
+    config = tf.parse_config([a for a in argv if not a.startswith(own)], presets=PRESETS)
     repeats = next((int(a.split("=")[1]) for a in argv if a.startswith("--repeats=")), 3)
     num_batches = next((int(a.split("=")[1]) for a in argv if a.startswith("--batches=")), 8)
     torch.manual_seed(0)
@@ -203,7 +205,7 @@ def main(argv):
           f"{len(training_set.inputs) / len(epoch):.1f})")
 
     # Evaluation at the quick preset's settings: 120 ARC-AGI-2 evaluation tasks.
-    quick = tf.parse_config(["--preset=quick"], presets=tf.load_presets("."))
+    quick = tf.parse_config(["--preset=quick"], presets=PRESETS)
     quick_set = tf.build_training_set(tasks, quick)
     quick_model = tf.ARCTransformer(quick, quick_set.num_embeddings).to(device)
     quick_amp, _ = tf.choose_precision(quick, device)
@@ -290,7 +292,7 @@ def print_step_profile(argv):
     """bench.py --steps: operations and syncs per step of the default model at batch 32 (eager), and host
     ms per step: a width-32 model on batches of one small pair (at most 10x10 cells), whose compute is
     negligible, at the default settings (compile on), so what is timed is what the host does to issue a step."""
-    config = tf.parse_config(argv)
+    config = tf.parse_config(argv, presets=PRESETS)
     operations, syncs, _ = step_profile({**config, "compile": False})
     print(f"per training step, embed_dim {config['embed_dim']}, {config['num_layers']} layers, batch "
           f"{config['batch_size']}, eager: {operations:.0f} ATen operations that launch a kernel, {len(syncs)} that sync a GPU"
@@ -361,7 +363,7 @@ def ddp_step(model, optimizers, scaler, batch, device, amp_dtype, config):
 def self_check(argv):
     """Try each thing a real run needs on this machine, at the kaggle preset (or the settings given), and
     print one table. Returns 0, or 1 naming what failed."""
-    config = tf.parse_config(["--preset=kaggle", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
+    config = tf.parse_config(["--preset=kaggle", *argv], presets=PRESETS)
     rows = []  # (what, result, passed)
     device = tf.choose_device(config)
     name = (f"{torch.cuda.get_device_name(device)}, compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))}"
