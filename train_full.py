@@ -955,9 +955,11 @@ class Muon(torch.optim.Optimizer):
     state is torch.optim.Muon's (a momentum_buffer per matrix), so either loads the other's checkpoint.
     step(keep): `keep` a 0-dim device tensor, 1 to update and 0 to leave everything as it was, so that a
     step whose gradients are not finite is skipped without the host reading a flag."""
-    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_steps=5, eps=1e-7):
+    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_steps=5, eps=1e-7, compiled=False):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
                                   "ns_steps": ns_steps, "eps": eps})
+        if compiled:  # one fused kernel for the elementwise work around each shape's matrix products
+            self.orthogonalise = torch.compile(self.orthogonalise, dynamic=False)
 
     @staticmethod
     def orthogonalise(updates, ns_steps, eps):
@@ -1044,7 +1046,7 @@ def make_optimizers(model, config, batch_pairs=REFERENCE_BATCH):
     decay = [p for n, p in rest if n == "head.weight"]  # not the embeddings' vectors, not the norms
     no_decay = [p for n, p in rest if n != "head.weight"]
     lr, weight_decay = config["learning_rate"] * math.sqrt(batch_pairs / REFERENCE_BATCH), config["weight_decay"]
-    muon = Muon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay)
+    muon = Muon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay, compiled=config["compile"])
     adamw = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay, "peak_lr": lr},
                                {"params": no_decay, "weight_decay": 0.0, "peak_lr": lr}],
                               lr=lr, betas=(0.9, 0.95), fused=True)
