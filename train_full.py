@@ -831,9 +831,13 @@ class ARCTransformer(nn.Module):
         # padding the batch has, so a cut canvas predicts exactly what the full one does.
         keep = torch.cat([torch.ones(batch, self.num_prefix_tokens, dtype=torch.bool, device=x.device),
                           canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
+        return self.trunk(x, keep).view(batch, height, width, VOCAB_SIZE)
+
+    def trunk(self, x, keep):
+        """The blocks, the final norm and the head over the token sequence: what compile_model compiles."""
         for block in self.blocks:
             x = block(x, keep)
-        return self.head(self.norm(x[:, self.num_prefix_tokens:])).view(batch, height, width, VOCAB_SIZE)
+        return self.head(self.norm(x[:, self.num_prefix_tokens:]))
 
 
 # -----------------------------------------------------------------------------
@@ -955,11 +959,9 @@ class Muon(torch.optim.Optimizer):
     state is torch.optim.Muon's (a momentum_buffer per matrix), so either loads the other's checkpoint.
     step(keep): `keep` a 0-dim device tensor, 1 to update and 0 to leave everything as it was, so that a
     step whose gradients are not finite is skipped without the host reading a flag."""
-    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_steps=5, eps=1e-7, compiled=False):
+    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_steps=5, eps=1e-7):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
                                   "ns_steps": ns_steps, "eps": eps})
-        if compiled:  # one fused kernel for the elementwise work around each shape's matrix products
-            self.orthogonalise = torch.compile(self.orthogonalise, dynamic=False)
 
     @staticmethod
     def orthogonalise(updates, ns_steps, eps):
@@ -1046,7 +1048,7 @@ def make_optimizers(model, config, batch_pairs=REFERENCE_BATCH):
     decay = [p for n, p in rest if n == "head.weight"]  # not the embeddings' vectors, not the norms
     no_decay = [p for n, p in rest if n != "head.weight"]
     lr, weight_decay = config["learning_rate"] * math.sqrt(batch_pairs / REFERENCE_BATCH), config["weight_decay"]
-    muon = Muon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay, compiled=config["compile"])
+    muon = Muon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay)
     adamw = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay, "peak_lr": lr},
                                {"params": no_decay, "weight_decay": 0.0, "peak_lr": lr}],
                               lr=lr, betas=(0.9, 0.95), fused=True)
@@ -1120,18 +1122,19 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
         row_grad = row_grad / scaler._scale
     norm = torch.nn.utils.clip_grad_norm_([p for o in (muon, adamw) for g in o.param_groups for p in g["params"]],
                                           config["grad_clip"])
-    keep = distributed.all_true(torch.isfinite(total_loss) & torch.isfinite(norm)).float()
+    kept = distributed.all_true(torch.isfinite(total_loss) & torch.isfinite(norm))
+    keep = kept.float()
     adamw.found_inf = 1 - keep  # how a fused optimizer is told to skip (GradScaler sets it the same way)
     muon.step(keep)
     adamw.step()
     row_adam.step(rows, row_grad, keep)
     # With fp16 the scaler lowers its scale after gradients that overflowed: the step is skipped, which is
     # routine, not a fault. Otherwise a non-finite gradient norm would have spoilt the weights.
-    finite = keep > 0 if not scaler.is_enabled() else distributed.all_true(torch.isfinite(total_loss))
+    finite = kept if not scaler.is_enabled() else distributed.all_true(torch.isfinite(total_loss))
     scaler.update()
     for optimizer in (muon, adamw):
         optimizer.zero_grad(set_to_none=True)
-    return total_loss * keep, total_accuracy * keep, finite
+    return torch.where(kept, total_loss, 0.0), torch.where(kept, total_accuracy, 0.0), finite
 
 
 # -----------------------------------------------------------------------------
@@ -1912,10 +1915,11 @@ def record(run, entry):
 
 
 def compile_model(model, backend="inductor"):
-    """Compile the model's forward, whole: one compiled region issues a step's forward and backward with a
-    fraction of the host's work of six (the blocks alone). dynamic=True because every batch has its own
-    canvas size; prediction (no gradient, the whole task table) compiles once more."""
-    model.compile(dynamic=True, backend=backend)
+    """Compile the model's trunk (blocks, norm, head) as one region: it issues a step's forward and backward
+    with a fraction of the host's work of six (one a block). dynamic=True because every batch has its own
+    canvas size; the trunk sees (batch, tokens, width), so no canvas's height is taken for its width.
+    Prediction (no gradient) compiles once more."""
+    model.trunk = torch.compile(model.trunk, dynamic=True, backend=backend)
 
 
 def prepare_model(model, config, device, distributed):

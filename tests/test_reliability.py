@@ -194,6 +194,7 @@ def test_non_finite_steps_are_skipped_and_repeated_ones_roll_back_at_a_lower_rat
     assert "3 non-finite steps in a row: rolled back to step" in printed and "scaled by 0.5" in printed
     metrics = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
     assert [m["lr_scale"] for m in metrics if m["kind"] == "rollback"] == [0.5]
+    assert all(np.isfinite(m["loss"]) for m in metrics if m["kind"] == "train")  # a skipped step's NaN is not averaged in
     checkpoint = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
     assert checkpoint["state"]["nonfinite_steps"] == 4 and checkpoint["state"]["lr_scale"] == 0.5
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
