@@ -2299,7 +2299,7 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
         interval.add(loss, accuracy, finite, batch_pairs)
         batches.advance(state)
         if state.step % config["log_every_n_steps"] == 0:
-            skipped = log_interval(run, state, clock, interval, config["learning_rate"] * lr_factor,
+            skipped = log_interval(run, state, clock, interval, run.optimizers[0].param_groups[0]["lr"],
                                    batches.epochs_done(state), progress)
             rolled_back = count_skipped_steps(run, state, clock, progress, *skipped)
             interval = Interval(0.0 if rolled_back else float(state.nonfinite_in_a_row))
