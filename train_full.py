@@ -1736,6 +1736,8 @@ def restore_checkpoint(path, checkpoint, model, optimizers, scaler):
     model.load_state_dict(checkpoint["model"])
     for optimizer, saved in zip(optimizers, checkpoint["optimizers"], strict=True):
         optimizer.load_state_dict(saved)
+        for group in optimizer.param_groups:  # an older version's AdamW was not fused: its steps read the device
+            group.update({key: optimizer.defaults[key] for key in ("fused", "foreach") if key in optimizer.defaults})
     if checkpoint["scaler"] and scaler.is_enabled():
         scaler.load_state_dict(checkpoint["scaler"])
     torch.set_rng_state(checkpoint["rng"]["torch"])

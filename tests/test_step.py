@@ -121,3 +121,29 @@ def test_a_batch_names_the_task_embedding_rows_of_every_process_slice():
         batch = tf.make_batch(training_set, pairs, augmentations, 30, rank, world_size=2)
         assert set(batch.rows) == whole and list(batch.rows) == sorted(batch.rows)  # the same on both
         assert set(batch.embedding_ids) <= whole
+
+
+def test_the_previous_versions_optimizer_state_resumes_and_adamw_stays_fused():
+    # Before: torch.optim.Muon, an unfused AdamW (its steps read the device) and SparseAdam, same groups.
+    config = tf.parse_config(["--embed_dim=16", "--num_heads=2", "--num_layers=1", "--compile=False"])
+    model = tf.ARCTransformer(config, 4)
+    muon, adamw, rows = tf.make_optimizers(model, config)
+    table = torch.nn.Parameter(model.task_embedding.weight.detach().clone())
+    previous = (torch.optim.Muon(muon.param_groups[0]["params"], lr=1e-3, adjust_lr_fn="match_rms_adamw"),
+                torch.optim.AdamW([{"params": g["params"]} for g in adamw.param_groups], lr=1e-3, fused=False),
+                torch.optim.SparseAdam([table], lr=1e-2))
+    for p in muon.param_groups[0]["params"] + [p for g in adamw.param_groups for p in g["params"]]:
+        p.grad = torch.randn_like(p)
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.ones(1, table.shape[1]), table.shape,
+                                         check_invariants=False)
+    for optimizer in previous:
+        optimizer.step()
+    checkpoint = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in previous], "scaler": {},
+                  "rng": {"torch": torch.get_rng_state()}, "state": {"step": 1}}
+    tf.restore_checkpoint("last.pt", checkpoint, model, (muon, adamw, rows), torch.amp.GradScaler("cpu", enabled=False))
+    assert all(group["fused"] for group in adamw.param_groups)
+    assert torch.equal(rows.state[model.task_embedding.weight]["exp_avg"], previous[2].state[table]["exp_avg"])
+    keep = torch.tensor(1.0)
+    muon.step(keep)
+    adamw.step()
+    rows.step(torch.tensor([1]), torch.ones(1, table.shape[1]), keep)
