@@ -57,11 +57,13 @@ CONFIG = {
     "mlp_ratio": 4.0,            # SwiGLU hidden width, as a multiple of embed_dim (times 2/3)
     "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
     # training
-    "batch_size": 32,            # pairs per optimisation step (and canvases per prediction batch)
+    "batch_size": 32,            # pairs per optimisation step and process (and canvases per prediction batch); the
+                                 # rates below are for 32 pairs, and scale by sqrt(global batch / 32)
     "learning_rate": 3e-4,       # peak learning rate of the transformer (Muon for the blocks' matrices, AdamW else)
-    "task_embedding_lr": 1e-2,   # peak SparseAdam learning rate of the (zero-initialised) task embeddings
+    "task_embedding_lr": 1e-2,   # peak Adam learning rate of the (zero-initialised) task embeddings, whatever the batch
     "weight_decay": 0.1,         # decoupled weight decay on matrices (not on embeddings or norms)
-    "warmup_steps": 200,         # linear warm-up, then the peak learning rate, then a cosine decay
+    "warmup_steps": 200,         # linear warm-up (steps of 32 pairs: a larger batch warms up over the same pairs), then
+                                 # the peak learning rate, then a cosine decay
     "min_lr_ratio": 0.1,         # the decay ends at this fraction of the peak learning rates
     "grad_clip": 1.0,            # clip the transformer's gradient norm to this
     "focus_fraction": 0.0,       # the last this fraction of the training budget trains on the evaluation and test
@@ -92,7 +94,7 @@ CONFIG = {
     "device": "auto",            # auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...
     "dtype": "auto",             # auto (bf16 on GPUs that have it, fp16 + scaler on others; on CPU bf16 where it
                                  # has AMX units and embed_dim >= 256, else fp32), float32, bfloat16, float16
-    "compile": True,             # torch.compile the transformer blocks: a minute of compiling for faster steps
+    "compile": True,             # torch.compile the model's trunk: a minute of compiling for faster steps
 }
 
 SPLITS = ("training", "evaluation", "test")
