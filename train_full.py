@@ -980,6 +980,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, keep=None):
+        kept = None if keep is None else keep > 0
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
             decay = 1 - lr * group["weight_decay"] * (1 if keep is None else keep)
@@ -993,7 +994,7 @@ class Muon(torch.optim.Optimizer):
                 if keep is None:
                     buffer.lerp_(grads, 1 - momentum)
                 else:  # a skipped step's gradients may be NaN, which a zero weight would still spread
-                    grads = torch.where(keep > 0, grads, 0.0)
+                    grads = torch.where(kept, grads, 0.0)
                     buffer.lerp_(grads, (1 - momentum) * keep)
                 torch._foreach_copy_(buffers, buffer.unbind(0))
                 update = self.orthogonalise(grads.lerp(buffer, momentum), group["ns_steps"], group["eps"])
