@@ -97,6 +97,16 @@ def matmul_peak(dtype, device=torch.device("cpu"), repeats=5):
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
+def training_parts(config, training_set, device, amp_dtype):
+    """(model, optimizers, gradient scaler) as a run of one process builds them, the model compiled where
+    the config says, its weights drawn from seed 0."""
+    torch.manual_seed(0)
+    model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
+    if config["compile"]:
+        tf.compile_model(model)
+    return model, tf.make_optimizers(model, config), torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
 def median_seconds(run, repeats):
     run()  # warm-up
     times = []
@@ -156,11 +166,7 @@ def main(argv):
     del seed_model, seed_optimizer
 
     # 2 and 3 share the model, optimizers and real batches of this project.
-    model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
-    if config["compile"]:
-        tf.compile_model(model)
-    optimizers = tf.make_optimizers(model, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    model, optimizers, scaler = training_parts(config, training_set, device, amp_dtype)
     parameters = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
     prefix = config["num_prefix_tokens"]
     # A fixed set of batches spread evenly over the epoch's range of sizes, so the mix of small and large
@@ -231,7 +237,7 @@ def main(argv):
 # waits for every kernel queued before it.
 SYNCING = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "nonzero_static", "masked_select",
            "_unique", "_unique2", "unique_dim", "unique_consecutive", "_coalesce", "coalesce", "repeat_interleave",
-           "allclose", "tolist"}
+           "allclose"}
 
 
 class OperationCounter(torch.utils._python_dispatch.TorchDispatchMode):
@@ -260,12 +266,7 @@ def step_profile(config, steps=4, warmup=3, largest_canvas=None):
     amp_dtype, _ = tf.choose_precision(config, device)
     tasks, _ = tf.load_tasks(config)
     training_set = tf.build_training_set(tasks, config)
-    torch.manual_seed(0)
-    model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
-    if config["compile"]:
-        tf.compile_model(model)
-    optimizers = tf.make_optimizers(model, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    model, optimizers, scaler = training_parts(config, training_set, device, amp_dtype)
     if largest_canvas is None:
         batches = [batch for _, batch in spread_batches(training_set, config, warmup + steps)]
     else:
