@@ -303,6 +303,30 @@ def print_step_profile(argv):
     _, _, compiled_ms = step_profile(narrow, steps=30, warmup=10, largest_canvas=100)
     print(f"host time per step (embed_dim 32, batches of one pair of at most 10x10: negligible compute): {compiled_ms:.1f} ms "
           f"compiled, {eager_ms:.1f} ms eager")
+    inline_ms, ahead_ms = batch_wait(config)
+    print(f"host time to have the next batch of {config['batch_size']} pairs: {inline_ms:.2f} ms built when asked, "
+          f"{ahead_ms:.2f} ms built ahead on the loop's thread while a step runs")
+
+
+def batch_wait(config, steps=60, step_seconds=0.02):
+    """(median ms to build a batch of the run's epoch on the spot, median ms the loop waits for the one its
+    reader built ahead while a step of `step_seconds` ran): what the host spends on input each step."""
+    tasks, _ = tf.load_tasks(config)
+    training_set = tf.build_training_set(tasks, config)
+    batches, state = tf.EpochBatches(training_set, config, tf.SINGLE_PROCESS), tf.TrainState()
+    inline, ahead = [], []
+    for _ in range(steps):
+        place = (state.epoch, state.batch, state.focus)
+        start = time.perf_counter()
+        batches.build(*place)
+        inline.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        batches.next(state, False)
+        ahead.append(time.perf_counter() - start)
+        batches.advance(state)
+        time.sleep(step_seconds)  # the device's share of a step, during which the reader builds the next batch
+    batches.close()
+    return 1000 * statistics.median(inline), 1000 * statistics.median(ahead)
 
 
 # -----------------------------------------------------------------------------

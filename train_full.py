@@ -11,6 +11,7 @@ nothing but define these; tests call the functions directly.
 """
 import ast
 import collections
+import concurrent.futures
 import contextlib
 import difflib
 import functools
@@ -721,6 +722,7 @@ class Batch(NamedTuple):
     cells: int = 0              # cells carrying a loss in the whole batch, every process's slice (0: those here)
     weight: float = 1.0         # 0 for a process with no pair of this batch: it runs one, which counts for nothing
     rows: np.ndarray | None = None  # the task-embedding rows of the whole batch, sorted (None: those of this slice)
+    tensors: tuple | None = None    # host_tensors of the above, made ahead of the step (None: train_step makes them)
 
 
 def loss_cells(height, width, canvas_size):
@@ -745,6 +747,16 @@ def make_batch(training_set, pairs, augmentation_indices, canvas_size, rank=0, w
     rows = np.unique(training_set.pair_task[pairs] * training_set.num_augmentations + augmentation_indices)
     return Batch(inputs.astype(np.int64), targets.astype(np.int64),
                  np.array([e[2] for e in examples], dtype=np.int64), int(cells), weight, rows)
+
+
+def host_tensors(batch, pin=False):
+    """(inputs, targets, each pair's position among the rows, the rows) of a Batch as CPU tensors; with `pin`
+    in page-locked memory, for a CUDA device: a copy from ordinary memory first waits for everything queued
+    on the device (a sync every step), one from page-locked memory is queued like a kernel."""
+    rows = np.unique(batch.embedding_ids) if batch.rows is None else batch.rows
+    tensors = [torch.from_numpy(np.ascontiguousarray(array)) for array in
+               (batch.inputs, batch.targets, np.searchsorted(rows, batch.embedding_ids), rows)]
+    return tuple(tensor.pin_memory() if pin else tensor for tensor in tensors)
 
 
 # -----------------------------------------------------------------------------
@@ -1099,20 +1111,20 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
     # process with no pair of this batch still runs one at zero weight: every process must join each exchange.
     scale = distributed.world_size * batch.weight
     # The task-embedding rows the batch touches, the same on every process: the table's gradient is theirs.
-    rows = np.unique(batch.embedding_ids) if batch.rows is None else batch.rows
-    row_ids = np.searchsorted(rows, batch.embedding_ids)
-    rows = torch.from_numpy(rows).to(device, non_blocking=True)
+    inputs, targets, positions, rows = batch.tensors or host_tensors(batch, pin=device.type == "cuda")
+    rows = rows.to(device, non_blocking=True)
     task_rows = getattr(model, "module", model).task_embedding.weight.index_select(0, rows).requires_grad_()
     parts = [part for part in np.array_split(np.arange(len(batch.inputs)), micro_batches) if len(part)]
     total_loss = total_accuracy = 0.0
     for i, part in enumerate(parts):
-        inputs, targets, ids = (torch.from_numpy(a[part]).to(device, non_blocking=True)
-                                for a in (batch.inputs, batch.targets, row_ids))
+        whole = len(parts) == 1  # a part is a copy, in ordinary memory; the whole batch is sent as it is
+        inputs_part, targets_part, ids = ((t if whole else t[torch.from_numpy(part)]).to(device, non_blocking=True)
+                                          for t in (inputs, targets, positions))
         last = i == len(parts) - 1
         with (model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()):
             with autocast(device, amp_dtype):
-                logits = model(inputs, ids, task_rows)
-            loss, accuracy = masked_loss_and_accuracy(logits, targets)
+                logits = model(inputs_part, ids, task_rows)
+            loss, accuracy = masked_loss_and_accuracy(logits, targets_part)
             share = counted[part].sum() / cells
             scaler.scale(loss * scale * share).backward()
         total_loss = total_loss + loss.detach() * share * batch.weight
@@ -1299,6 +1311,11 @@ def predict_tasks(tasks, training_set, predictor, config, views=None):
                                        confidences[span], colour_log_probs[span]))
             first += views
     return votes
+
+
+def adaptation_pairs(training_set, task_index, config):
+    """How many (pair, augmentation) a task's adaptation batch holds."""
+    return min(int(np.sum(training_set.pair_task == task_index)) * training_set.num_augmentations, config["batch_size"])
 
 
 def adaptation_batch(training_set, task_index, config):
@@ -1770,7 +1787,9 @@ class Costs:
     inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
     views: int               # views per test input in every prediction of the run (fitting_views)
     adapt_steps: int = 0     # the per-task adaptation steps of a final evaluation and test prediction
-    adapt_step: float = 0.0  # one of them, as the last evaluation timed it (until then, a training step's)
+    adapt_step: float = 0.0  # one of them, as the last evaluation timed it (until then, adapt_share of a training step)
+    adapt_share: float = 1.0 # an adaptation step's pairs over a training step's, mean over the tasks, at least a
+                             # quarter: a step costs about its pairs' time, a small one more than its share
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # a training step: the median of the last few
@@ -1778,7 +1797,7 @@ class Costs:
     def prediction_seconds(self, views=None, safety=1.25):
         """A final evaluation and the test prediction, with a quarter more for safety."""
         predicting = self.prediction * self.inputs * (self.views if views is None else views)
-        return safety * (predicting + self.adapt_steps * (self.adapt_step or self.step))
+        return safety * (predicting + self.adapt_steps * (self.adapt_step or self.adapt_share * self.step))
 
     def final_seconds(self, views=None):
         """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
@@ -1993,34 +2012,55 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
 class EpochBatches:
     """The run's batches in order, epoch after epoch, read at the place a TrainState holds: this owns the
     epoch rollover and the focus switch. An epoch's batches follow from (seed, epoch, focus) alone, so a
-    resumed run replays the ones it stopped in."""
-    def __init__(self, training_set, config, distributed):
-        self.training_set, self.config, self.distributed = training_set, config, distributed
-        self.key, self.batches = None, []
+    resumed run replays the ones it stopped in. The next place's batch is built on a background thread
+    while the device computes this one (its tensors page-locked for a GPU); a place other than the one
+    guessed (a focus switch, a rollback) has its batch built when asked, so the order is the same either way."""
+    def __init__(self, training_set, config, distributed, pin=False):
+        self.training_set, self.config, self.distributed, self.pin = training_set, config, distributed, pin
+        self.plans, self.lock = {}, threading.Lock()
+        self.worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
+        self.ahead = None  # (place, the Future of its batch)
 
-    def of_epoch(self, state):
-        if self.key != (state.epoch, state.focus):
-            self.key = (state.epoch, state.focus)
-            self.batches = epoch_batches(self.training_set, self.config, state.epoch, state.focus,
-                                         self.distributed.world_size)
-        return self.batches
+    def of_epoch(self, epoch, focus):
+        plan = self.plans.get((epoch, focus))  # without the lock, which the reader holds while it plans an epoch
+        if plan is not None:
+            return plan
+        with self.lock:  # both threads ask; each epoch's plan is made once
+            if (epoch, focus) not in self.plans:
+                self.plans = {key: plan for key, plan in self.plans.items() if key[0] >= epoch - 1}
+                self.plans[epoch, focus] = epoch_batches(self.training_set, self.config, epoch, focus,
+                                                         self.distributed.world_size)
+            return self.plans[epoch, focus]
+
+    def build(self, epoch, index, focus):
+        pairs, augmentations = self.of_epoch(epoch, focus)[index]
+        batch = make_batch(self.training_set, pairs, augmentations, self.config["canvas_size"], self.distributed.rank,
+                           self.distributed.world_size)
+        return batch._replace(tensors=host_tensors(batch, self.pin)), len(pairs)
 
     def next(self, state, focus):
         """(this process's Batch at the state's place, the whole batch's number of pairs). An epoch takes
         `focus` when it begins, and keeps it."""
         if state.batch == 0:
             state.focus = focus
-        pairs, augmentations = self.of_epoch(state)[state.batch]
-        return make_batch(self.training_set, pairs, augmentations, self.config["canvas_size"], self.distributed.rank,
-                          self.distributed.world_size), len(pairs)
+        place = (state.epoch, state.batch, state.focus)
+        ahead, self.ahead = self.ahead, None
+        built = ahead[1].result() if ahead and ahead[0] == place else self.build(*place)
+        following = ((state.epoch, state.batch + 1, state.focus) if state.batch + 1 < len(self.of_epoch(*place[::2]))
+                     else (state.epoch + 1, 0, state.focus))
+        self.ahead = (following, self.worker.submit(self.build, *following))
+        return built
 
     def advance(self, state):
         state.batch += 1
-        if state.batch == len(self.of_epoch(state)):
+        if state.batch == len(self.of_epoch(state.epoch, state.focus)):
             state.epoch, state.batch = state.epoch + 1, 0
 
     def epochs_done(self, state):
-        return state.epoch + state.batch / len(self.of_epoch(state))
+        return state.epoch + state.batch / len(self.of_epoch(state.epoch, state.focus))
+
+    def close(self):
+        self.worker.shutdown(wait=True, cancel_futures=True)
 
 
 STOP_REASONS = ("", "SIGINT", "SIGTERM", "time budget")  # what ends training before its epochs, by number
@@ -2271,55 +2311,58 @@ def count_skipped_steps(run, state, clock, progress, skipped, longest, in_a_row)
 def training_loop(run, state, clock, costs, stop_signals, progress):
     """Train until the epochs are done or a stop is decided; returns why training ended."""
     config = run.config
-    batches = EpochBatches(run.training_set, config, run.distributed)
-    total_steps = config["epochs"] * len(epoch_batches(run.training_set, config, 0, processes=run.distributed.world_size))
-    total_steps = min(total_steps, config["max_steps"] or total_steps)
-    interval, decision = Interval(), None
-    began, recent = state.step, collections.deque(maxlen=31)  # this process's first step, its recent steps' seconds
-    # Epochs differ in their number of batches, so total_steps only estimates their count: max_steps alone stops by steps.
-    while state.epoch < config["epochs"] and not (config["max_steps"] and state.step >= config["max_steps"]):
-        progress_fraction = training_progress(state, clock, costs, total_steps)
-        if decision is None or state.step % steps_between_decisions(run.distributed) == 0:
-            decision = decide(run, state, clock, costs, stop_signals.received, progress_fraction)
-            if decision.save:
-                save_last(run, state, clock, costs)
-            if decision.evaluate:
-                evaluate(run, state, clock, costs, "eval", progress)
-            if decision.stop:
-                return decision.stop
-        started = time.perf_counter()
-        if state.batch == 0 and decision.focus and not state.focus:
-            progress.write(f"epoch {state.epoch}: the last {config['focus_fraction']:.0%} of the budget trains on "
-                           "the evaluation and test tasks' demonstrations alone")
-        batch, batch_pairs = batches.next(state, decision.focus)
-        lr_factor = state.lr_scale * learning_rate_factor(state.step, progress_fraction, config, run.batch_pairs)
-        try:
-            loss, accuracy, finite = train_step(run.stepper, run.optimizers, run.scaler, batch, lr_factor, run.device,
-                                                run.amp_dtype, config, state.micro_batches, run.distributed)
-        except torch.OutOfMemoryError:
-            if not split_after_out_of_memory(run, state, len(batch[0]), progress):
-                raise
-            continue
-        state.step += 1
-        interval.add(loss, accuracy, finite, batch_pairs)
-        batches.advance(state)
-        if state.step % config["log_every_n_steps"] == 0:
-            skipped = log_interval(run, state, clock, interval, run.optimizers[0].param_groups[0]["lr"],
-                                   batches.epochs_done(state), progress)
-            rolled_back = count_skipped_steps(run, state, clock, progress, *skipped)
-            interval = Interval(0.0 if rolled_back else float(state.nonfinite_in_a_row))
-            if rolled_back:
+    pin = run.device.type == "cuda"
+    with contextlib.closing(EpochBatches(run.training_set, config, run.distributed, pin)) as batches:
+        total_steps = config["epochs"] * len(batches.of_epoch(0, False))
+        total_steps = min(total_steps, config["max_steps"] or total_steps)
+        interval, decision = Interval(), None
+        began, recent = state.step, collections.deque(maxlen=31)  # this process's first step, its recent steps' seconds
+        # Epochs differ in their number of batches, so total_steps only estimates their count: max_steps alone
+        # stops by steps.
+        while state.epoch < config["epochs"] and not (config["max_steps"] and state.step >= config["max_steps"]):
+            progress_fraction = training_progress(state, clock, costs, total_steps)
+            if decision is None or state.step % steps_between_decisions(run.distributed) == 0:
+                decision = decide(run, state, clock, costs, stop_signals.received, progress_fraction)
+                if decision.save:
+                    save_last(run, state, clock, costs)
+                if decision.evaluate:
+                    evaluate(run, state, clock, costs, "eval", progress)
+                if decision.stop:
+                    return decision.stop
+            started = time.perf_counter()
+            if state.batch == 0 and decision.focus and not state.focus:
+                progress.write(f"epoch {state.epoch}: the last {config['focus_fraction']:.0%} of the budget trains on "
+                               "the evaluation and test tasks' demonstrations alone")
+            batch, batch_pairs = batches.next(state, decision.focus)
+            lr_factor = state.lr_scale * learning_rate_factor(state.step, progress_fraction, config, run.batch_pairs)
+            try:
+                loss, accuracy, finite = train_step(run.stepper, run.optimizers, run.scaler, batch, lr_factor,
+                                                    run.device, run.amp_dtype, config, state.micro_batches,
+                                                    run.distributed)
+            except torch.OutOfMemoryError:
+                if not split_after_out_of_memory(run, state, len(batch[0]), progress):
+                    raise
                 continue
-        # The end's estimate scales with a step (an adaptation step costs about a training step), so it is
-        # the median of the recent ones: a step that compiles (20 s on an H100, where a step takes 40 ms)
-        # would otherwise price the adaptation's reserve, hundreds of steps' worth, at its cost and end a
-        # short run early; nor may one slow step move the stop back and forth. The process's first step
-        # (compiling, allocating) is left out. With no sync in a step, the host runs ahead of the device
-        # until its queue is full, and from then on a step's time on the host is the device's.
-        if state.step > began + 1:
-            recent.append(time.perf_counter() - started)
-            costs.step = statistics.median(recent) if len(recent) >= 5 else costs.step
-    return "all epochs done" if state.epoch >= config["epochs"] else f"all {config['max_steps']} steps done"
+            state.step += 1
+            interval.add(loss, accuracy, finite, batch_pairs)
+            batches.advance(state)
+            if state.step % config["log_every_n_steps"] == 0:
+                skipped = log_interval(run, state, clock, interval, run.optimizers[0].param_groups[0]["lr"],
+                                       batches.epochs_done(state), progress)
+                rolled_back = count_skipped_steps(run, state, clock, progress, *skipped)
+                interval = Interval(0.0 if rolled_back else float(state.nonfinite_in_a_row))
+                if rolled_back:
+                    continue
+            # The end's estimate scales with a step (an adaptation step costs about a training step), so it is
+            # the median of the recent ones: a step that compiles (20 s on an H100, where a step takes 40 ms)
+            # would otherwise price the adaptation's reserve, hundreds of steps' worth, at its cost and end a
+            # short run early; nor may one slow step move the stop back and forth. The process's first step
+            # (compiling, allocating) is left out. With no sync in a step, the host runs ahead of the device
+            # until its queue is full, and from then on a step's time on the host is the device's.
+            if state.step > began + 1:
+                recent.append(time.perf_counter() - started)
+                costs.step = statistics.median(recent) if len(recent) >= 5 else costs.step
+        return "all epochs done" if state.epoch >= config["epochs"] else f"all {config['max_steps']} steps done"
 
 
 def finish(run, state, clock, costs, reason, progress):
@@ -2368,9 +2411,12 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
         print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
     predicted = run.evaluation + run.unscored + run.test_tasks
     views = config["vote_augmentations"]
+    adapted = [training_set.task_index[task_id] for task_id in {t.id: 0 for t in predicted}]
+    adapt_pairs = statistics.mean(adaptation_pairs(training_set, i, config) for i in adapted) if adapted else 0
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
-                  num_inputs(predicted), views, adapt_steps=len({t.id for t in predicted}) * config["adapt_steps"])
+                  num_inputs(predicted), views, adapt_steps=len(adapted) * config["adapt_steps"],
+                  adapt_share=max(0.25, adapt_pairs / config["batch_size"]))
     costs.views = fitting_views(costs, clock, views)
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "

@@ -113,3 +113,24 @@ def test_a_slow_first_step_does_not_end_a_run_with_adaptation_early(tmp_path, ca
     stopped = [line for line in capsys.readouterr().out.splitlines() if line.startswith("training stopped")]
     assert stopped and "(time budget)" in stopped[0]
     assert int(stopped[0].split()[4].rstrip(",")) > 20
+
+
+def test_an_adaptation_step_is_priced_at_its_pairs_not_at_a_larger_training_batch(tmp_path, capsys, monkeypatch):
+    # Until an evaluation times one, an adaptation step (a task's demonstrations under its augmentations: 6 and
+    # 4 pairs here) is priced at its pairs' share of a training step (64 pairs), a quarter at least. Priced at a
+    # whole training step, the 2 tasks x 40 steps would reserve 1.25 x 80 steps, over 5 s at 50 ms a step.
+    step = tf.train_step
+
+    def slow(*args, **kwargs):
+        tf.time.sleep(0.05)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(tf, "train_step", slow)
+    data = hidden_run_folder(str(tmp_path / "data"))
+    code = tf.main([*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}", f"--checkpoint_dir={tmp_path / 'ck'}",
+                    "--batch_size=64", "--adapt_steps=40", "--epochs=100000", "--max_steps=12",
+                    "--target_runtime_hours=10.0"])
+    assert code == 0
+    stopped = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("training stopped"))
+    kept = float(stopped.split("about ")[1].split("s kept")[0])
+    assert 2.0 + 1.25 * 80 * 0.05 / 4 <= kept < 1.25 * 80 * 0.05

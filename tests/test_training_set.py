@@ -202,3 +202,30 @@ def test_the_dev_benchmark_as_a_hidden_run_holds_no_answer_at_all():
     training_set = tf.build_training_set(hidden, CONFIG)
     pairs = {(tf.grid_key(i), tf.grid_key(o)) for i, o in zip(training_set.inputs, training_set.outputs)}
     assert not answers & pairs
+
+
+def test_batches_built_ahead_on_a_thread_are_the_ones_of_their_place(tmp_path):
+    """The reader builds the next place's batch while a step runs; whatever the loop does next (the next
+    batch, an epoch's end, a focus switch, a rollback to an earlier place), it gets that place's batch."""
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
+    config = {**CONFIG, "num_augmentations": 8, "batch_size": 5}
+    training_set = tf.build_training_set(tasks, config)
+    batches = tf.EpochBatches(training_set, config, tf.SINGLE_PROCESS)
+    state, last = tf.TrainState(), len(tf.epoch_batches(training_set, config, 0)) - 1
+
+    def expected(epoch, index, focus):
+        pairs, augmentations = tf.epoch_batches(training_set, config, epoch, focus)[index]
+        return tf.make_batch(training_set, pairs, augmentations, 30)
+
+    for rollback in (False, True):
+        for asked_focus in [False] * (last + 1 - state.batch) + [True] * 2:  # epoch 0, then a focused epoch 1
+            place = (state.epoch, state.batch, asked_focus if state.batch == 0 else state.focus)
+            batch, pairs = batches.next(state, asked_focus)
+            want = expected(*place)
+            assert pairs == len(want.inputs) and state.focus == place[2]
+            assert all(np.array_equal(a, b) for a, b in zip(batch[:4], want[:4]))
+            assert all(np.array_equal(t.numpy(), w) for t, w in zip(batch.tensors, (want.inputs, want.targets)))
+            batches.advance(state)
+        assert state.epoch >= 1 and state.focus and batches.ahead is not None
+        state.epoch, state.batch, state.focus = 0, 1, False  # a rollback: last.pt's place
+    batches.close()
