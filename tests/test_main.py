@@ -22,7 +22,7 @@ def test_without_evaluation_answers_the_run_says_so_once_and_writes_unscored_pre
     assert capsys.readouterr().out.count("no evaluation answers") == 1
     pictures = ["eval_gallery.png", "training_curves.png"] if importlib.util.find_spec("matplotlib") else []
     assert sorted(os.listdir(tmp_path / "out")) == sorted(["eval_predictions.json", "metrics.jsonl", "submission.json",
-                                                           "views.pkl", *pictures])
+                                                           *pictures])
     assert sorted(os.listdir(tmp_path / "ck")) == ["last.json", "last.pt"]  # no evaluation, no best.pt
     report = json.load(open(tmp_path / "out" / "eval_predictions.json"))
     assert report["scored"] is False and report["summary"] == {"num_tasks": 2, "num_outputs": 4}

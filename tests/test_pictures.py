@@ -34,6 +34,5 @@ def test_without_matplotlib_the_run_writes_everything_but_the_pictures(tmp_path,
     for module in ("matplotlib", "matplotlib.figure", "matplotlib.colors"):
         monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
     _, out = run(tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == ["eval_predictions.json", "metrics.jsonl", "submission.json",
-                                                     "views.pkl"]
+    assert sorted(p.name for p in out.iterdir()) == ["eval_predictions.json", "metrics.jsonl", "submission.json"]
     assert not tf.plot_training_curves(str(out / "metrics.jsonl"), str(tmp_path / "curves.png"))
