@@ -97,10 +97,6 @@ CONFIG = {
     "dtype": "auto",             # auto (bf16 on GPUs that have it, fp16 + scaler on others; on CPU bf16 where it
                                  # has AMX units and embed_dim >= 256, else fp32), float32, bfloat16, float16
     "compile": True,             # torch.compile the model's trunk: a minute of compiling for faster steps
-    "ensemble": False,           # under torchrun: each process trains a model of its own (seed + rank, batch_size
-                                 # pairs a step) instead of a share of one model's batch, and the end votes over
-                                 # every model's views; rank r > 0 keeps its files in output_dir and checkpoint_dir
-                                 # /model<r>
 }
 
 SPLITS = ("training", "evaluation", "test")
@@ -2501,44 +2497,6 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
         return finish(run, state, clock, costs, reason, progress)
 
 # -----------------------------------------------------------------------------
-# An ensemble under torchrun: every process a run of its own, then one vote over all their views.
-
-ENSEMBLE_SECONDS = 30.0  # of each member's budget, kept for rank 0 to read every member's views and vote
-
-
-def ensemble_member(config, rank):
-    """Member `rank`'s settings: its own seed (its own augmentations, batches and initial weights) and, but
-    for rank 0, whose files are the run's, its own folders."""
-    if rank == 0:
-        return config
-    return {**config, "seed": config["seed"] + rank,
-            "output_dir": os.path.join(resolve_output_dir(config), f"model{rank}"),
-            "checkpoint_dir": os.path.join(config["checkpoint_dir"], f"model{rank}")}
-
-
-def combine_ensemble(config, tasks, members):
-    """Rank 0, once every member's run is over: submission.json, and eval_predictions.json where the
-    evaluation tasks have answers, from the views of every member that wrote views.pkl, voted on together.
-    Returns how many members were combined."""
-    folders = [resolve_output_dir(ensemble_member(config, rank)) for rank in range(members)]
-    views = [load_views(os.path.join(folder, "views.pkl")) for folder in folders
-             if os.path.exists(os.path.join(folder, "views.pkl"))]
-    paths = run_paths(config, resolve_output_dir(config))
-    if views:
-        save_submission(paths.submission, tasks["test"], vote_views(tasks["test"], *(v["test"] for v in views)))
-    evaluation = [task for task in tasks["evaluation"] if task.test_outputs is not None]
-    if evaluation and views and all(task.id in v["evaluation"] for v in views for task in evaluation):
-        report = eval_report(evaluation, vote_views(evaluation, *(v["evaluation"] for v in views)))
-        write_json_atomic(paths.evaluation, report)
-        summary = report["summary"]
-        print(f"ensemble eval: pass@2 {summary['task_score']:.4f} ({summary['tasks_solved']}/{summary['num_tasks']} "
-              f"tasks) from {len(views)} models' views")
-    print(f"ensemble: submission.json from the views of {len(views)} of {members} models, written to "
-          f"{paths.submission}")
-    return len(views)
-
-
-# -----------------------------------------------------------------------------
 
 def main(argv=None, presets=None, started=None):
     """The whole job; returns the exit code (0, or 2 for bad settings, data or checkpoint, with nothing
@@ -2559,13 +2517,8 @@ def main(argv=None, presets=None, started=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     distributed = start_distributed(config)
-    # In an ensemble every process is a run of its own, with its own seed: it trains as a single process.
-    group, run_config = distributed, config
-    if config["ensemble"] and distributed.world_size > 1:
-        run_config, distributed = ensemble_member(config, group.rank), SINGLE_PROCESS
-        training_set = build_training_set(tasks, run_config)
     # Rank 0 speaks for the run; the other processes keep only their errors (stderr).
-    with (contextlib.nullcontext() if group.is_main else contextlib.redirect_stdout(open(os.devnull, "w"))):
+    with (contextlib.nullcontext() if distributed.is_main else contextlib.redirect_stdout(open(os.devnull, "w"))):
         print("config: " + ", ".join(f"{key}={value!r}" for key, value in config.items()))
         print(f"data: {origin}: " + ", ".join(f"{len(tasks[split])} {split}" for split in SPLITS)
               + f" tasks, loaded and validated in {loaded - loading:.2f}s")
@@ -2575,26 +2528,17 @@ def main(argv=None, presets=None, started=None):
               f"{training_set.num_embeddings} task embeddings, built in {built - loaded:.2f}s"
               + (f"; {training_set.num_dropped} training pairs dropped (their input is a held-out test input)"
                  if training_set.num_dropped else ""))
-        ensemble = group.world_size if distributed is not group else 0
-        if ensemble:
-            print(f"ensemble: {ensemble} processes each train a model of their own (seeds {config['seed']} to "
-                  f"{config['seed'] + ensemble - 1}); the end votes over all their views")
-        clock = Clock(3600 * config["target_runtime_hours"] - (ENSEMBLE_SECONDS if ensemble else 0), start)
+        clock = Clock(3600 * config["target_runtime_hours"], start)
         code = 1
         try:
-            with run_lock(run_config["checkpoint_dir"], distributed, choose_device(run_config, distributed)):
-                code = train(run_config, tasks, training_set, resolve_output_dir(run_config), clock, distributed)
+            with run_lock(config["checkpoint_dir"], distributed, choose_device(config, distributed)):
+                code = train(config, tasks, training_set, resolve_output_dir(config), clock, distributed)
         except CheckpointError as error:
             print(f"error: {error}", file=sys.stderr)
             code = 2
         finally:
-            if group.world_size > 1:
+            if distributed.world_size > 1:
                 if code != 1:  # all went the same way: wait for rank 0's last files (after a failure, torchrun ends the rest)
-                    if ensemble:  # every member's run is over, its views.pkl written
-                        codes = [None] * ensemble
-                        dist.all_gather_object(codes, code)
-                        if group.is_main and not any(codes):
-                            combine_ensemble(config, tasks, ensemble)
                     dist.barrier()
                 dist.destroy_process_group()
         return code

@@ -93,25 +93,3 @@ def test_per_task_adaptation_under_two_processes_leaves_training_as_one_process_
         assert torch.allclose(weights, two["model"][name], atol=1e-4), name
     tf.validate_submission(json.load(open(double_out / "submission.json")),
                            tf.load_kaggle_folder(str(tmp_path / "data"))["test"])
-
-
-def test_an_ensemble_under_torchrun_trains_a_model_per_process_and_votes_over_all_their_views(tmp_path):
-    double, out, ck = launch(tmp_path, "ensemble", 2, "--ensemble=True", "--adapt_steps=1")
-    assert "ensemble: 2 processes each train a model of their own" in double.stdout
-    assert "ensemble: submission.json from the views of 2 of 2 models" in double.stdout
-    zero = torch.load(ck / "last.pt", weights_only=True)
-    one = torch.load(ck / "model1" / "last.pt", weights_only=True)
-    assert (zero["config"]["seed"], one["config"]["seed"]) == (0, 1)
-    # Each its own run: 4 epochs of batches of 6 pairs drawn by its own seed (not a share of one batch of 12).
-    tasks = tf.load_kaggle_folder(str(tmp_path / "data"))
-    for checkpoint in (zero, one):
-        config = {**tf.parse_config(SETTINGS), "seed": checkpoint["config"]["seed"]}
-        training_set = tf.build_training_set(tasks, config)
-        assert checkpoint["state"]["step"] == sum(len(tf.epoch_batches(training_set, config, e)) for e in range(4))
-    assert not torch.equal(zero["model"]["head.weight"], one["model"]["head.weight"])
-    views = [tf.load_views(folder / "views.pkl") for folder in (out, out / "model1")]
-    expected, _ = tf.make_submission(tasks["test"], tf.vote_views(tasks["test"], *(v["test"] for v in views)))
-    assert json.load(open(out / "submission.json")) == expected
-    evaluation = [task for task in tasks["evaluation"] if task.test_outputs is not None]
-    report = tf.eval_report(evaluation, tf.vote_views(evaluation, *(v["evaluation"] for v in views)))
-    assert json.load(open(out / "eval_predictions.json"))["summary"] == json.loads(json.dumps(report["summary"]))
