@@ -181,12 +181,8 @@ def run_seeds(seeds, argv, hidden, start):
     mean.update(num_tasks=rows[0][1]["num_tasks"], num_outputs=rows[0][1]["num_outputs"])
     if not hidden:
         mean["answer_among_candidates"] = float(np.mean([s["answer_among_candidates"] for _, s in rows]))
-    # The seeds' models as one ensemble: every model's views of a test input voted on together.
-    views = [tf.load_views(os.path.join(output_dir, f"seed{seed}", "views.pkl"))["test"] for seed in seeds]
-    ensemble = tf.eval_report(benchmark, tf.vote_views(benchmark, *views))["summary"]
     print(f"\n{len(seeds)} seeds, " + ", ".join(f"seed {seed}: {s['steps']} steps" for seed, s in zip(seeds, (r[1] for r in rows))))
-    print_rows(rows + [("model, mean", mean), (f"ensemble of the {len(seeds)} models", ensemble)]
-               + list(floor_scores(benchmark).items()), time.perf_counter() - start)
+    print_rows(rows + [("model, mean", mean)] + list(floor_scores(benchmark).items()), time.perf_counter() - start)
     return 0
 
 

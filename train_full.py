@@ -19,7 +19,6 @@ import importlib.util
 import json
 import math
 import os
-import pickle
 import signal
 import statistics
 import sys
@@ -1297,49 +1296,21 @@ def run_predictions(jobs, predictor, batch_size):
     return grids, confidences, colour_log_probs
 
 
-class Views(NamedTuple):
-    """What the views of one test input predicted, in the order of its jobs. The Views of several models
-    (each with its own augmentations) can be voted on together: an ensemble."""
-    predictions: list       # decoded grids, None where a canvas did not decode
-    augmentations: list     # the augmentation each was predicted under
-    confidences: list
-    colour_log_probs: list  # (side, side, 10) float16 each, on the view's canvas
-
-
-def predict_views(tasks, training_set, predictor, config, views=None):
-    """{task id: [Views per test input]}: every test input predicted under `views` (vote_augmentations
-    unless given) of its task's augmentations."""
+def predict_tasks(tasks, training_set, predictor, config, views=None):
+    """{task id: [Vote per test input]}: every test input predicted under `views` (vote_augmentations unless
+    given) of its task's augmentations, decoded, mapped back and voted on. With no view, the fallback answers."""
     views = config["vote_augmentations"] if views is None else views
     jobs = prediction_jobs(tasks, training_set, config, views)
     predictions, confidences, colour_log_probs = run_predictions(jobs, predictor, config["batch_size"])
-    predicted, first = {}, 0
-    for task in tasks:
-        predicted[task.id] = []
-        for _ in task.test_inputs:
-            span = slice(first, first + views)
-            predicted[task.id].append(Views(predictions[span], [job.augmentation for job in jobs[span]],
-                                            confidences[span], colour_log_probs[span]))
-            first += views
-    return predicted
-
-
-def vote_views(tasks, *models):
-    """{task id: [Vote per test input]} from the Views of one model, or of several voted on together (their
-    grids counted and their colour log-probabilities added up cell by cell after mapping back, as one
-    model's views are). With no view, the fallback answers."""
-    votes = {}
+    votes, first = {}, 0
     for task in tasks:
         votes[task.id] = []
-        for k, test_input in enumerate(task.test_inputs):
-            every = Views(*([x for model in models for x in model[task.id][k][field]] for field in range(4)))
-            votes[task.id].append(vote(every.predictions, every.augmentations, test_input, every.confidences,
-                                       every.colour_log_probs))
+        for test_input in task.test_inputs:
+            span = slice(first, first + views)
+            votes[task.id].append(vote(predictions[span], [job.augmentation for job in jobs[span]], test_input,
+                                       confidences[span], colour_log_probs[span]))
+            first += views
     return votes
-
-
-def predict_tasks(tasks, training_set, predictor, config, views=None):
-    """{task id: [Vote per test input]}: predict_views, decoded, mapped back and voted on."""
-    return vote_views(tasks, predict_views(tasks, training_set, predictor, config, views))
 
 
 def adaptation_pairs(training_set, task_index, config):
@@ -1359,16 +1330,16 @@ def adaptation_batch(training_set, task_index, config):
     return make_batch(training_set, combos[:, 0], combos[:, 1], config["canvas_size"])
 
 
-def adapted_views(model, tasks, training_set, config, device, amp_dtype, views=None):
-    """(views, seconds spent adapting): predict_views with the model's own weights, or with adapt_steps > 0,
+def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None):
+    """(votes, seconds spent adapting): predict_tasks with the model's own weights, or with adapt_steps > 0,
     each task predicted by the weights adapted to it: adapt_steps steps at the peak learning rates (fresh
     optimizers) on its adaptation_batch, its test inputs predicted, the weights put back before the next."""
     predictor = model_predictor(model, device, amp_dtype)
     if not config["adapt_steps"]:
-        return predict_views(tasks, training_set, predictor, config, views), 0.0
+        return predict_tasks(tasks, training_set, predictor, config, views), 0.0
     saved = {name: value.clone() for name, value in model.state_dict().items()}
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    predicted, adapting = {}, 0.0
+    votes, adapting = {}, 0.0
     for task in tasks:
         start = time.perf_counter()
         optimizers = make_optimizers(model, config)
@@ -1376,9 +1347,9 @@ def adapted_views(model, tasks, training_set, config, device, amp_dtype, views=N
         for _ in range(config["adapt_steps"]):
             train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
         adapting += time.perf_counter() - start
-        predicted.update(predict_views([task], training_set, predictor, config, views))
+        votes.update(predict_tasks([task], training_set, predictor, config, views))
         model.load_state_dict(saved)
-    return predicted, adapting
+    return votes, adapting
 
 
 # -----------------------------------------------------------------------------
@@ -1495,25 +1466,6 @@ def write_json_atomic(path, obj):
         with open(temporary, "w", encoding="utf-8") as f:
             json.dump(obj, f, separators=(",", ":"))
     write_atomic(path, write)
-
-
-def save_views(path, evaluation, test):
-    """views.pkl: the Views of the evaluation and test tasks behind a submission, as plain tuples and numpy
-    arrays, so that any copy of this file can read them: what an ensemble of runs votes on."""
-    def plain(views):
-        return {task_id: [(v.predictions, [tuple(a) for a in v.augmentations], v.confidences, v.colour_log_probs)
-                          for v in per_input] for task_id, per_input in views.items()}
-    with open(path, "wb") as f:
-        pickle.dump({"evaluation": plain(evaluation), "test": plain(test)}, f)
-
-
-def load_views(path):
-    """{"evaluation": {task id: [Views]}, "test": {...}} from a views.pkl."""
-    with open(path, "rb") as f:
-        raw = pickle.load(f)
-    return {split: {task_id: [Views(p, [Augmentation(*a) for a in augmentations], c, l)
-                              for p, augmentations, c, l in per_input] for task_id, per_input in views.items()}
-            for split, views in raw.items()}
 
 
 def eval_report(evaluation_tasks, votes):
@@ -1950,12 +1902,10 @@ class RunPaths(NamedTuple):
     evaluation: str      # output_dir/eval_predictions.json
     curves: str          # output_dir/training_curves.png
     gallery: str         # output_dir/eval_gallery.png
-    views: str           # output_dir/views.pkl, the Views behind submission.json (for an ensemble)
 
 
 def run_paths(config, output_dir):
-    outputs = ("metrics.jsonl", "submission.json", "eval_predictions.json", "training_curves.png", "eval_gallery.png",
-               "views.pkl")
+    outputs = ("metrics.jsonl", "submission.json", "eval_predictions.json", "training_curves.png", "eval_gallery.png")
     return RunPaths(os.path.join(config["checkpoint_dir"], "last.pt"), os.path.join(config["checkpoint_dir"], "best.pt"),
                     *(os.path.join(output_dir, name) for name in outputs))
 
@@ -2184,9 +2134,9 @@ def evaluate(run, state, clock, costs, kind, progress):
     best answers so far, whatever ends the run later; if best.pt cannot be written, the score does not
     count as the best."""
     start = time.perf_counter()
-    views, adapting = adapted_views(run.model, run.evaluation, run.training_set, run.config, run.device,
+    votes, adapting = adapted_votes(run.model, run.evaluation, run.training_set, run.config, run.device,
                                     run.amp_dtype, costs.views)
-    report = eval_report(run.evaluation, vote_views(run.evaluation, views))
+    report = eval_report(run.evaluation, votes)
     summary = report["summary"]
     improved = state.best_score is None or score_key(summary) > state.best_score
     if improved and run.distributed.is_main:
@@ -2209,7 +2159,7 @@ def evaluate(run, state, clock, costs, kind, progress):
                    f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                    + (" | new best" if improved else ""))
     if improved and run.distributed.is_main:
-        adapting += submit(run, clock, progress, f"the weights of step {state.step}", costs.views, views)
+        adapting += submit(run, clock, progress, f"the weights of step {state.step}", costs.views, votes)
     predicted = run.evaluation + (run.test_tasks if improved and run.distributed.is_main else [])
     costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * num_inputs(predicted), 1)
     adapted = len({task.id for task in predicted}) * run.config["adapt_steps"]
@@ -2233,20 +2183,19 @@ def same_inputs(task, other):
 
 
 def submit(run, clock, progress, weights, views, known=None):
-    """Predict the test tasks with the model's weights as they are and write submission.json, and beside
-    it views.pkl: the Views behind it and behind `known` (rank 0). `known` holds the Views of the same
-    weights for evaluation tasks: a test task that is one of them (the same id and test inputs, as in the
-    dev benchmark) takes those instead of being predicted again. Returns the seconds spent adapting."""
+    """Predict the test tasks with the model's weights as they are and write submission.json (rank 0).
+    `known` holds the votes of the same weights for evaluation tasks: a test task that is one of them (the
+    same id and test inputs, as in the dev benchmark) takes its votes instead of being predicted again.
+    Returns the seconds spent adapting."""
     known = known or {}
     evaluated = {task.id: task for task in run.evaluation + run.unscored}
     reused = {task.id for task in run.test_tasks if task.id in known and task.id in evaluated
               and same_inputs(task, evaluated[task.id])}
-    predicted, adapting = adapted_views(run.model, [t for t in run.test_tasks if t.id not in reused],
-                                        run.training_set, run.config, run.device, run.amp_dtype, views)
-    predicted.update({task_id: known[task_id] for task_id in reused})
+    votes, adapting = adapted_votes(run.model, [t for t in run.test_tasks if t.id not in reused], run.training_set,
+                                    run.config, run.device, run.amp_dtype, views)
+    votes.update({task_id: known[task_id] for task_id in reused})
     try:
-        num_fallback = save_submission(run.paths.submission, run.test_tasks, vote_views(run.test_tasks, predicted))
-        write_atomic(run.paths.views, lambda temporary: save_views(temporary, known, predicted))
+        num_fallback = save_submission(run.paths.submission, run.test_tasks, votes)
     except OSError as error:  # a full disk: the previous submission stays whole
         progress.write(f"warning: {run.paths.submission} not updated ({error}); the previous one is intact")
         return adapting
@@ -2271,9 +2220,8 @@ def submission_at_the_end(run, state, clock, costs, progress, may_predict):
     submit(run, clock, progress, "the last weights", costs.views)
     if run.evaluation:  # the answers exist, but no evaluation had the time to run
         return None
-    views, _ = adapted_views(run.model, run.unscored, run.training_set, run.config, run.device, run.amp_dtype,
+    votes, _ = adapted_votes(run.model, run.unscored, run.training_set, run.config, run.device, run.amp_dtype,
                              costs.views)
-    votes = vote_views(run.unscored, views)
     report = unscored_report(run.unscored, votes)
     write_json_atomic(run.paths.evaluation, report)
     progress.write(f"evaluation predictions: {len(run.unscored)} tasks without answers, unscored, written to "

@@ -69,12 +69,10 @@ def test_adapted_predictions_put_the_shared_weights_back_and_differ_from_the_sha
     model = tf.ARCTransformer(config, training_set.num_embeddings)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     cpu = torch.device("cpu")
-    adapted, seconds = tf.adapted_views(model, tasks["test"], training_set, config, cpu, None)
-    adapted = tf.vote_views(tasks["test"], adapted)
+    adapted, seconds = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None)
     assert seconds > 0 and set(adapted) == {"hidden3", "hidden2"}
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
-    shared, no_seconds = tf.adapted_views(model, tasks["test"], training_set, {**config, "adapt_steps": 0}, cpu, None)
-    shared = tf.vote_views(tasks["test"], shared)
+    shared, no_seconds = tf.adapted_votes(model, tasks["test"], training_set, {**config, "adapt_steps": 0}, cpu, None)
     assert no_seconds == 0.0
     plain = tf.predict_tasks(tasks["test"], training_set, tf.model_predictor(model, cpu, None), config)
     assert all(tf.grid_key(a) == tf.grid_key(b) for task_id in plain
@@ -120,13 +118,12 @@ def test_a_slow_first_step_does_not_end_a_run_with_adaptation_early(tmp_path, ca
 def test_an_adaptation_step_is_priced_at_its_pairs_not_at_a_larger_training_batch(tmp_path, capsys, monkeypatch):
     # Until an evaluation times one, an adaptation step (a task's demonstrations under its augmentations: 6 and
     # 4 pairs here) is priced at its pairs' share of a training step (64 pairs), a quarter at least. Priced at a
-    # whole training step, the 2 tasks x 40 steps would reserve 1.25 x 80 steps, over 20 s at 0.2 s a step.
+    # whole training step, the 2 tasks x 40 steps would reserve 1.25 x 80 steps, over 5 s at 50 ms a step.
     step = tf.train_step
 
-    def slow(model, optimizers, scaler, batch, *args, **kwargs):
-        if len(batch[0]) > 6:  # a training step (all 11 pairs), not an adaptation step
-            tf.time.sleep(0.2)
-        return step(model, optimizers, scaler, batch, *args, **kwargs)
+    def slow(*args, **kwargs):
+        tf.time.sleep(0.05)
+        return step(*args, **kwargs)
 
     monkeypatch.setattr(tf, "train_step", slow)
     data = hidden_run_folder(str(tmp_path / "data"))
@@ -136,4 +133,4 @@ def test_an_adaptation_step_is_priced_at_its_pairs_not_at_a_larger_training_batc
     assert code == 0
     stopped = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("training stopped"))
     kept = float(stopped.split("about ")[1].split("s kept")[0])
-    assert 2.0 + 1.25 * 80 * 0.2 / 4 <= kept < 1.25 * 80 * 0.2
+    assert 2.0 + 1.25 * 80 * 0.05 / 4 <= kept < 1.25 * 80 * 0.05

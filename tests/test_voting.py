@@ -180,25 +180,3 @@ def test_views_that_each_miss_one_cell_give_the_right_grid_cell_by_cell():
     assert np.array_equal(product.attempts[0], TRUTH) and product.votes[0] == 0
     assert np.array_equal(product.attempts[1], plain.attempts[0]) and product.votes[1] == 1
     assert np.array_equal(product.candidates[0], TRUTH) and len(product.candidates) == 9
-
-
-def test_an_ensemble_adds_its_models_views_cell_by_cell_and_survives_views_pkl(tmp_path):
-    # Each model gets one cell of [[3, 4]] wrong, the other's confident where it is not: voted on together,
-    # their log-probabilities add up to the answer neither gave. Each model's views travel through views.pkl.
-    task = tf.Task("t", "test", [(np.array([[1, 1]], np.uint8), np.array([[3, 4]], np.uint8))],
-                   [np.array([[1, 1]], np.uint8)], None)
-
-    def model(first_cell, second_cell):
-        log_probs = np.full((2, 2, 10), -5.0, np.float16)
-        for cell, choices in enumerate((first_cell, second_cell)):
-            for colour, value in choices.items():
-                log_probs[0, cell, colour] = value
-        grid = log_probs[0, :2].argmax(-1)[None].astype(np.uint8)
-        return {"t": [tf.Views([grid], [tf.IDENTITY], [0.0], [log_probs])]}
-
-    one, other = model({3: -0.1}, {5: -0.6, 4: -0.9}), model({6: -0.6, 3: -0.9}, {4: -0.1})
-    for alone, wrong in ((one, [[3, 5]]), (other, [[6, 4]])):
-        assert np.array_equal(tf.vote_views([task], alone)["t"][0].attempts[0], wrong)
-    tf.save_views(tmp_path / "views.pkl", {}, other)
-    other = tf.load_views(tmp_path / "views.pkl")["test"]
-    assert np.array_equal(tf.vote_views([task], one, other)["t"][0].attempts[0], [[3, 4]])
