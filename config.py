@@ -53,6 +53,8 @@ PRESETS = {
     #   More would add little speed and cost tasks per pair: at equal samples a batch of 128 solved 12
     #   dev-benchmark tasks against 22.5 at 32 (EXPERIMENTS.md, session 10).
     # - Four GPUs x 64 = 256 pairs a step at sqrt(256 / 32) = 2.8 times the rates (train_full.py's rule).
+    #   At equal steps a larger batch pays: 3,000 steps of 64 solved 31.5 dev tasks, as many as 6,000 of 32
+    #   (31.0), where two models of 3,000 steps of 32 voted together solved 27.5 (EXPERIMENTS.md, session 11).
     # - 11 of the 12 hours (the rest for the notebook's start and a margin), about 9.5 of them training:
     #   at most 4 x 40 TFLOP/s x 34,000 s / 8.5 GFLOP = 650M pairs, 140,000 epochs of the 4,666 pairs,
     #   far past the 400 epochs the dev benchmark has measured returns at. A model 3 times larger (384 x 8,
