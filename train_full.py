@@ -1324,9 +1324,10 @@ def adaptation_batch(training_set, task_index, config):
     training set holds no evaluation or test output, so neither can reach it."""
     pairs = np.flatnonzero(training_set.pair_task == task_index)
     combos = np.stack(np.meshgrid(pairs, np.arange(training_set.num_augmentations), indexing="ij"), -1).reshape(-1, 2)
-    if len(combos) > config["batch_size"]:
+    size = adaptation_pairs(training_set, task_index, config)
+    if len(combos) > size:
         rng = np.random.default_rng([config["seed"], task_index, 2])
-        combos = combos[np.sort(rng.choice(len(combos), config["batch_size"], replace=False))]
+        combos = combos[np.sort(rng.choice(len(combos), size, replace=False))]
     return make_batch(training_set, combos[:, 0], combos[:, 1], config["canvas_size"])
 
 
@@ -2046,8 +2047,8 @@ class EpochBatches:
         place = (state.epoch, state.batch, state.focus)
         ahead, self.ahead = self.ahead, None
         built = ahead[1].result() if ahead and ahead[0] == place else self.build(*place)
-        following = ((state.epoch, state.batch + 1, state.focus) if state.batch + 1 < len(self.of_epoch(*place[::2]))
-                     else (state.epoch + 1, 0, state.focus))
+        last = state.batch + 1 == len(self.of_epoch(state.epoch, state.focus))
+        following = (state.epoch + 1, 0, state.focus) if last else (state.epoch, state.batch + 1, state.focus)
         self.ahead = (following, self.worker.submit(self.build, *following))
         return built
 
@@ -2411,7 +2412,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
         print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
     predicted = run.evaluation + run.unscored + run.test_tasks
     views = config["vote_augmentations"]
-    adapted = [training_set.task_index[task_id] for task_id in {t.id: 0 for t in predicted}]
+    adapted = [training_set.task_index[task_id] for task_id in {t.id for t in predicted}]
     adapt_pairs = statistics.mean(adaptation_pairs(training_set, i, config) for i in adapted) if adapted else 0
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
