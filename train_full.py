@@ -70,8 +70,10 @@ CONFIG = {
     "focus_fraction": 0.0,       # the last this fraction of the training budget trains on the evaluation and test
                                  # tasks' demonstrations alone (test-time emphasis); 0 never
     "adapt_steps": 0,            # per-task adaptation: before each evaluation or test task is predicted, the weights
-                                 # train this many steps on its demonstrations alone (one batch of them under its
-                                 # augmentations), then are put back; 0: the shared weights predict every task
+                                 # train this many steps on its demonstrations alone (under its augmentations), then
+                                 # are put back; 0: the shared weights predict every task
+    "adapt_batch_size": 8,       # (demonstration, augmentation) pairs per adaptation step, drawn afresh each step: for
+                                 # the same compute, more steps of fewer pairs fit a task better (EXPERIMENTS.md)
     "max_nonfinite_steps": 5,    # non-finite steps in a row (each skipped) before rolling back to last.pt at half
                                  # the learning rate
     "epochs": 100000,            # passes over every training pair (each under a random augmentation); an upper
@@ -1314,27 +1316,28 @@ def predict_tasks(tasks, training_set, predictor, config, views=None):
 
 
 def adaptation_pairs(training_set, task_index, config):
-    """How many (pair, augmentation) a task's adaptation batch holds."""
-    return min(int(np.sum(training_set.pair_task == task_index)) * training_set.num_augmentations, config["batch_size"])
+    """How many (pair, augmentation) each of a task's adaptation batches holds."""
+    return min(int(np.sum(training_set.pair_task == task_index)) * training_set.num_augmentations,
+               config["adapt_batch_size"])
 
 
-def adaptation_batch(training_set, task_index, config):
-    """The batch a task adapts on: its demonstration pairs under its task's trained augmentations, every
-    (pair, augmentation) once, or batch_size of them drawn from (seed, task) where there are more. The
-    training set holds no evaluation or test output, so neither can reach it."""
+def adaptation_batches(training_set, task_index, config):
+    """The adapt_steps batches a task adapts on: its demonstration pairs under its task's trained augmentations,
+    adaptation_pairs of them a step, taken in turn from shuffled passes over every (pair, augmentation), drawn
+    from (seed, task). The training set holds no evaluation or test output, so neither can reach them."""
     pairs = np.flatnonzero(training_set.pair_task == task_index)
     combos = np.stack(np.meshgrid(pairs, np.arange(training_set.num_augmentations), indexing="ij"), -1).reshape(-1, 2)
-    size = adaptation_pairs(training_set, task_index, config)
-    if len(combos) > size:
-        rng = np.random.default_rng([config["seed"], task_index, 2])
-        combos = combos[np.sort(rng.choice(len(combos), size, replace=False))]
-    return make_batch(training_set, combos[:, 0], combos[:, 1], config["canvas_size"])
+    steps, size = config["adapt_steps"], adaptation_pairs(training_set, task_index, config)
+    rng = np.random.default_rng([config["seed"], task_index, 2])
+    passes = -(-steps * size // len(combos))
+    chosen = np.concatenate([rng.permutation(len(combos)) for _ in range(passes)])[:steps * size].reshape(steps, size)
+    return [make_batch(training_set, combos[c, 0], combos[c, 1], config["canvas_size"]) for c in chosen]
 
 
 def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None):
     """(votes, seconds spent adapting): predict_tasks with the model's own weights, or with adapt_steps > 0,
-    each task predicted by the weights adapted to it: adapt_steps steps at the peak learning rates (fresh
-    optimizers) on its adaptation_batch, its test inputs predicted, the weights put back before the next."""
+    each task predicted by the weights adapted to it: a step at the peak learning rates (fresh optimizers) on
+    each of its adaptation_batches, its test inputs predicted, the weights put back before the next."""
     predictor = model_predictor(model, device, amp_dtype)
     if not config["adapt_steps"]:
         return predict_tasks(tasks, training_set, predictor, config, views), 0.0
@@ -1344,8 +1347,7 @@ def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=N
     for task in tasks:
         start = time.perf_counter()
         optimizers = make_optimizers(model, config)
-        batch = adaptation_batch(training_set, training_set.task_index[task.id], config)
-        for _ in range(config["adapt_steps"]):
+        for batch in adaptation_batches(training_set, training_set.task_index[task.id], config):
             train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
         adapting += time.perf_counter() - start
         votes.update(predict_tasks([task], training_set, predictor, config, views))
@@ -1789,8 +1791,7 @@ class Costs:
     views: int               # views per test input in every prediction of the run (fitting_views)
     adapt_steps: int = 0     # the per-task adaptation steps of a final evaluation and test prediction
     adapt_step: float = 0.0  # one of them, as the last evaluation timed it (until then, adapt_share of a training step)
-    adapt_share: float = 1.0 # an adaptation step's pairs over a training step's, mean over the tasks, at least a
-                             # quarter: a step costs about its pairs' time, a small one more than its share
+    adapt_share: float = 1.0 # an adaptation step's cost over a training step's (adaptation_share)
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # a training step: the median of the last few
@@ -1803,6 +1804,17 @@ class Costs:
     def final_seconds(self, views=None):
         """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
         return self.prediction_seconds(views) + self.save + self.draw + 2.0
+
+
+STEP_FIXED_PAIRS = 8  # a step costs about as much as this many pairs more than its own (a CPU's measure)
+
+
+def adaptation_share(pair_counts, batch_size):
+    """What an adaptation step costs as a share of a training step, the mean over the tasks' adaptation_pairs:
+    a step costs a fixed part and its pairs' part. On the dev benchmark's CPU a step of 8 pairs took 0.40 of one
+    of 32, a step of 16 0.71 (EXPERIMENTS.md); on a GPU, where the host's part dominates, the first evaluation's
+    timing replaces this estimate."""
+    return statistics.mean((pairs + STEP_FIXED_PAIRS) / (batch_size + STEP_FIXED_PAIRS) for pairs in pair_counts)
 
 
 def fitting_views(costs, clock, wanted):
@@ -2413,11 +2425,11 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
     predicted = run.evaluation + run.unscored + run.test_tasks
     views = config["vote_augmentations"]
     adapted = [training_set.task_index[task_id] for task_id in {t.id for t in predicted}]
-    adapt_pairs = statistics.mean(adaptation_pairs(training_set, i, config) for i in adapted) if adapted else 0
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
                   num_inputs(predicted), views, adapt_steps=len(adapted) * config["adapt_steps"],
-                  adapt_share=max(0.25, adapt_pairs / config["batch_size"]))
+                  adapt_share=adaptation_share([adaptation_pairs(training_set, i, config) for i in adapted]
+                                               or [0], config["batch_size"]))
     costs.views = fitting_views(costs, clock, views)
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "

@@ -44,20 +44,21 @@ def test_a_task_adapts_on_its_own_demonstrations_alone_and_never_on_a_test_outpu
     from test_training_set import MARKER_SHAPES, planted_kaggle_folder
     folder = planted_kaggle_folder(str(tmp_path), [("evaluation", "evalB", 1), ("test", "hidden1", 0)])
     tasks = tf.load_kaggle_folder(folder)
-    config = {**tf.CONFIG, "num_augmentations": 4, "batch_size": 64}
+    config = {**tf.CONFIG, "num_augmentations": 4, "adapt_batch_size": 2}
     training_set = tf.build_training_set(tasks, config)
     for task in tasks["evaluation"] + tasks["test"]:
         index = training_set.task_ids.index(task.id)
-        batch = tf.adaptation_batch(training_set, index, config)
-        outputs = [tf.decode_grid(t) for t in batch.targets]
-        assert not any(grid.shape in MARKER_SHAPES for grid in outputs)
-        # every demonstration under every augmentation, once: nothing else
         expected = sorted(tf.grid_key(tf.augment_grid(o, training_set.augmentation(index, a)))
                           for _, o in task.train for a in range(4))
-        assert sorted(tf.grid_key(grid) for grid in outputs) == expected
-        assert set(batch.embedding_ids.tolist()) == {training_set.embedding_id(index, a) for a in range(4)}
-    smaller = tf.adaptation_batch(training_set, 0, {**config, "batch_size": 3})
-    assert len(smaller.inputs) == 3
+        # one pass: every demonstration under every augmentation once, 2 a step; three passes: each three times
+        for passes in (1, 3):
+            batches = tf.adaptation_batches(training_set, index, {**config, "adapt_steps": passes * len(expected) // 2})
+            assert all(len(batch.inputs) == 2 for batch in batches)
+            outputs = [tf.decode_grid(t) for batch in batches for t in batch.targets]
+            assert not any(grid.shape in MARKER_SHAPES for grid in outputs)
+            assert sorted(tf.grid_key(grid) for grid in outputs) == sorted(expected * passes)
+            assert {i for batch in batches for i in batch.embedding_ids.tolist()} == \
+                {training_set.embedding_id(index, a) for a in range(4)}
 
 
 def test_adapted_predictions_put_the_shared_weights_back_and_differ_from_the_shared_ones(tmp_path):
@@ -117,8 +118,8 @@ def test_a_slow_first_step_does_not_end_a_run_with_adaptation_early(tmp_path, ca
 
 def test_an_adaptation_step_is_priced_at_its_pairs_not_at_a_larger_training_batch(tmp_path, capsys, monkeypatch):
     # Until an evaluation times one, an adaptation step (a task's demonstrations under its augmentations: 6 and
-    # 4 pairs here) is priced at its pairs' share of a training step (64 pairs), a quarter at least. Priced at a
-    # whole training step, the 2 tasks x 40 steps would reserve 1.25 x 80 steps, over 20 s at 0.2 s a step.
+    # 4 pairs here) is priced at its share of a training step (64 pairs): its pairs and a step's fixed part.
+    # Priced at a whole training step, the 2 tasks x 40 steps would reserve 1.25 x 80 steps, 20 s at 0.2 s a step.
     step = tf.train_step
 
     def slow(model, optimizers, scaler, batch, *args, **kwargs):
@@ -134,4 +135,5 @@ def test_an_adaptation_step_is_priced_at_its_pairs_not_at_a_larger_training_batc
     assert code == 0
     stopped = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("training stopped"))
     kept = float(stopped.split("about ")[1].split("s kept")[0])
-    assert 2.0 + 1.25 * 80 * 0.2 / 4 <= kept < 1.25 * 80 * 0.2
+    share = tf.adaptation_share([6, 4], 64)
+    assert share < 0.25 and 2.0 + 1.25 * 80 * 0.2 * share <= kept < 2.0 + 1.25 * 80 * 0.2 / 2
