@@ -1315,40 +1315,39 @@ def predict_tasks(tasks, training_set, predictor, config, views=None):
     return votes
 
 
-def adaptation_pairs(training_set, task_index, config):
-    """How many (pair, augmentation) each of a task's adaptation batches holds."""
-    return min(int(np.sum(training_set.pair_task == task_index)) * training_set.num_augmentations,
-               config["adapt_batch_size"])
-
-
 def adaptation_batches(training_set, task_index, config):
     """The adapt_steps batches a task adapts on: its demonstration pairs under its task's trained augmentations,
-    adaptation_pairs of them a step, taken in turn from shuffled passes over every (pair, augmentation), drawn
+    adapt_batch_size of them a step (all, where a task has fewer), taken in turn from shuffled passes over every (pair, augmentation), drawn
     from (seed, task). The training set holds no evaluation or test output, so neither can reach them."""
     pairs = np.flatnonzero(training_set.pair_task == task_index)
     combos = np.stack(np.meshgrid(pairs, np.arange(training_set.num_augmentations), indexing="ij"), -1).reshape(-1, 2)
-    steps, size = config["adapt_steps"], adaptation_pairs(training_set, task_index, config)
+    steps, size = config["adapt_steps"], min(len(combos), config["adapt_batch_size"])
     rng = np.random.default_rng([config["seed"], task_index, 2])
     passes = -(-steps * size // len(combos))
     chosen = np.concatenate([rng.permutation(len(combos)) for _ in range(passes)])[:steps * size].reshape(steps, size)
     return [make_batch(training_set, combos[c, 0], combos[c, 1], config["canvas_size"]) for c in chosen]
 
 
+def adapt(model, task, training_set, config, device, amp_dtype):
+    """Train the weights in place on the task's adaptation_batches: a step at the peak learning rates on each,
+    with fresh optimizers. The caller puts the shared weights back."""
+    optimizers = make_optimizers(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    for batch in adaptation_batches(training_set, training_set.task_index[task.id], config):
+        train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
+
+
 def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None):
     """(votes, seconds spent adapting): predict_tasks with the model's own weights, or with adapt_steps > 0,
-    each task predicted by the weights adapted to it: a step at the peak learning rates (fresh optimizers) on
-    each of its adaptation_batches, its test inputs predicted, the weights put back before the next."""
+    each task predicted by the weights adapted to it, the weights put back before the next."""
     predictor = model_predictor(model, device, amp_dtype)
     if not config["adapt_steps"]:
         return predict_tasks(tasks, training_set, predictor, config, views), 0.0
     saved = {name: value.clone() for name, value in model.state_dict().items()}
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     votes, adapting = {}, 0.0
     for task in tasks:
         start = time.perf_counter()
-        optimizers = make_optimizers(model, config)
-        for batch in adaptation_batches(training_set, training_set.task_index[task.id], config):
-            train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
+        adapt(model, task, training_set, config, device, amp_dtype)
         adapting += time.perf_counter() - start
         votes.update(predict_tasks([task], training_set, predictor, config, views))
         model.load_state_dict(saved)
@@ -1790,8 +1789,7 @@ class Costs:
     inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
     views: int               # views per test input in every prediction of the run (fitting_views)
     adapt_steps: int = 0     # the per-task adaptation steps of a final evaluation and test prediction
-    adapt_step: float = 0.0  # one of them, as the last evaluation timed it (until then, adapt_share of a training step)
-    adapt_share: float = 1.0 # an adaptation step's cost over a training step's (adaptation_share)
+    adapt_step: float = 0.0  # one of them: timed at the start (seconds_per_adaptation_step), refined by every evaluation
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # a training step: the median of the last few
@@ -1799,22 +1797,11 @@ class Costs:
     def prediction_seconds(self, views=None, safety=1.25):
         """A final evaluation and the test prediction, with a quarter more for safety."""
         predicting = self.prediction * self.inputs * (self.views if views is None else views)
-        return safety * (predicting + self.adapt_steps * (self.adapt_step or self.adapt_share * self.step))
+        return safety * (predicting + self.adapt_steps * self.adapt_step)
 
     def final_seconds(self, views=None):
         """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
         return self.prediction_seconds(views) + self.save + self.draw + 2.0
-
-
-STEP_FIXED_PAIRS = 8  # a step costs about as much as this many pairs more than its own (a CPU's measure)
-
-
-def adaptation_share(pair_counts, batch_size):
-    """What an adaptation step costs as a share of a training step, the mean over the tasks' adaptation_pairs:
-    a step costs a fixed part and its pairs' part. On the dev benchmark's CPU a step of 8 pairs took 0.40 of one
-    of 32, a step of 16 0.71 (EXPERIMENTS.md); on a GPU, where the host's part dominates, the first evaluation's
-    timing replaces this estimate."""
-    return statistics.mean((pairs + STEP_FIXED_PAIRS) / (batch_size + STEP_FIXED_PAIRS) for pairs in pair_counts)
 
 
 def fitting_views(costs, clock, wanted):
@@ -1905,6 +1892,25 @@ def seconds_per_prediction(predictor, jobs, batch_size):
     start = time.perf_counter()
     run_predictions(sample, predictor, batch_size)
     return (time.perf_counter() - start) / len(sample)
+
+
+def seconds_per_adaptation_step(model, tasks, training_set, config, device, amp_dtype):
+    """Seconds per adaptation step, timed after a warm-up on two steps of each of up to 8 tasks spread over all
+    of them (their canvases differ), the weights put back; a task's first steps, with fresh optimizers, cost a
+    little more than its later ones, so rather more than less. Refined by every evaluation."""
+    if not config["adapt_steps"] or not tasks:
+        return 0.0
+    sample, short = tasks[::max(1, len(tasks) // 8)][:8], {**config, "adapt_steps": 2}
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    for _ in range(2):
+        start = time.perf_counter()
+        for task in sample:
+            adapt(model, task, training_set, short, device, amp_dtype)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    model.load_state_dict(saved)
+    return seconds / (2 * len(sample))
 
 
 class RunPaths(NamedTuple):
@@ -2366,11 +2372,10 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
                 interval = Interval(0.0 if rolled_back else float(state.nonfinite_in_a_row))
                 if rolled_back:
                     continue
-            # The end's estimate scales with a step (an adaptation step costs about a training step), so it is
-            # the median of the recent ones: a step that compiles (20 s on an H100, where a step takes 40 ms)
-            # would otherwise price the adaptation's reserve, hundreds of steps' worth, at its cost and end a
-            # short run early; nor may one slow step move the stop back and forth. The process's first step
-            # (compiling, allocating) is left out. With no sync in a step, the host runs ahead of the device
+            # The steps until the next decision are priced at the median of the recent ones: a step that
+            # compiles (20 s on an H100, where a step takes 40 ms) would otherwise end a short run early, and
+            # one slow step would move the stop back and forth. The process's first step (compiling,
+            # allocating) is left out. With no sync in a step, the host runs ahead of the device
             # until its queue is full, and from then on a step's time on the host is the device's.
             if state.step > began + 1:
                 recent.append(time.perf_counter() - started)
@@ -2424,12 +2429,12 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
         print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
     predicted = run.evaluation + run.unscored + run.test_tasks
     views = config["vote_augmentations"]
-    adapted = [training_set.task_index[task_id] for task_id in {t.id for t in predicted}]
+    adapted = list({t.id: t for t in predicted}.values())
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
                   num_inputs(predicted), views, adapt_steps=len(adapted) * config["adapt_steps"],
-                  adapt_share=adaptation_share([adaptation_pairs(training_set, i, config) for i in adapted]
-                                               or [0], config["batch_size"]))
+                  adapt_step=seconds_per_adaptation_step(run.model, adapted, training_set, config, run.device,
+                                                         run.amp_dtype))
     costs.views = fitting_views(costs, clock, views)
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "
