@@ -1788,8 +1788,9 @@ class Costs:
     prediction: float        # one prediction (a test input under one view); every evaluation refines it
     inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
     views: int               # views per test input in every prediction of the run (fitting_views)
-    adapt_steps: int = 0     # the per-task adaptation steps of a final evaluation and test prediction
-    adapt_step: float = 0.0  # one of them: timed at the start (seconds_per_adaptation_step), refined by every evaluation
+    adapt_tasks: int = 0     # the tasks a final evaluation and test prediction adapt to
+    adapt_task: float = 0.0  # adapting to one of them: timed at the start (seconds_per_adaptation), refined by
+                             # every evaluation
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # a training step: the median of the last few
@@ -1797,7 +1798,7 @@ class Costs:
     def prediction_seconds(self, views=None, safety=1.25):
         """A final evaluation and the test prediction, with a quarter more for safety."""
         predicting = self.prediction * self.inputs * (self.views if views is None else views)
-        return safety * (predicting + self.adapt_steps * self.adapt_step)
+        return safety * (predicting + self.adapt_tasks * self.adapt_task)
 
     def final_seconds(self, views=None):
         """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
@@ -1894,23 +1895,23 @@ def seconds_per_prediction(predictor, jobs, batch_size):
     return (time.perf_counter() - start) / len(sample)
 
 
-def seconds_per_adaptation_step(model, tasks, training_set, config, device, amp_dtype):
-    """Seconds per adaptation step, timed after a warm-up on two steps of each of up to 8 tasks spread over all
-    of them (their canvases differ), the weights put back; a task's first steps, with fresh optimizers, cost a
-    little more than its later ones, so rather more than less. Refined by every evaluation."""
+def seconds_per_adaptation(model, tasks, training_set, config, device, amp_dtype):
+    """Seconds to adapt to one task, timed on up to 8 tasks spread over all of them (their canvases differ),
+    after a warm-up step each: up to 4 steps each, scaled to adapt_steps. A task's fixed part (fresh
+    optimizers) is scaled with them, so rather more than less. The weights are put back. Refined by every
+    evaluation."""
     if not config["adapt_steps"] or not tasks:
         return 0.0
-    sample, short = tasks[::max(1, len(tasks) // 8)][:8], {**config, "adapt_steps": 2}
+    sample, steps = tasks[::max(1, len(tasks) // 8)][:8], min(4, config["adapt_steps"])
     saved = {name: value.clone() for name, value in model.state_dict().items()}
-    for _ in range(2):
+    for timed in (1, steps):  # the first pass warms up (on a GPU: compiles)
         start = time.perf_counter()
         for task in sample:
-            adapt(model, task, training_set, short, device, amp_dtype)
+            adapt(model, task, training_set, {**config, "adapt_steps": timed}, device, amp_dtype)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
     model.load_state_dict(saved)
-    return seconds / (2 * len(sample))
+    return (time.perf_counter() - start) / len(sample) * config["adapt_steps"] / steps
 
 
 class RunPaths(NamedTuple):
@@ -2181,8 +2182,8 @@ def evaluate(run, state, clock, costs, kind, progress):
         adapting += submit(run, clock, progress, f"the weights of step {state.step}", costs.views, votes)
     predicted = run.evaluation + (run.test_tasks if improved and run.distributed.is_main else [])
     costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * num_inputs(predicted), 1)
-    adapted = len({task.id for task in predicted}) * run.config["adapt_steps"]
-    costs.adapt_step = adapting / adapted if adapted else costs.adapt_step
+    adapted = len({task.id for task in predicted}) if run.config["adapt_steps"] else 0
+    costs.adapt_task = adapting / adapted if adapted else costs.adapt_task
     if run.distributed.is_main:
         draw_pictures(run, costs, progress, report if improved else None)
 
@@ -2432,9 +2433,9 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
     adapted = list({t.id: t for t in predicted}.values())
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
-                  num_inputs(predicted), views, adapt_steps=len(adapted) * config["adapt_steps"],
-                  adapt_step=seconds_per_adaptation_step(run.model, adapted, training_set, config, run.device,
-                                                         run.amp_dtype))
+                  num_inputs(predicted), views, adapt_tasks=len(adapted) if config["adapt_steps"] else 0,
+                  adapt_task=seconds_per_adaptation(run.model, adapted, training_set, config, run.device,
+                                                    run.amp_dtype))
     costs.views = fitting_views(costs, clock, views)
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "
