@@ -195,8 +195,8 @@ def parse_config(argv, defaults=CONFIG, presets=None):
         raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {config['dtype']!r}")
     if config["embed_dim"] % config["num_heads"]:
         raise ConfigError(f"embed_dim ({config['embed_dim']}) must divide by num_heads ({config['num_heads']})")
-    for key in ("batch_size", "num_layers", "num_prefix_tokens", "warmup_steps", "log_every_n_steps", "epochs",
-                "max_nonfinite_steps"):
+    for key in ("batch_size", "adapt_batch_size", "num_layers", "num_prefix_tokens", "warmup_steps",
+                "log_every_n_steps", "epochs", "max_nonfinite_steps"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {config[key]}")
     if config["max_steps"] < 0:
@@ -1317,8 +1317,9 @@ def predict_tasks(tasks, training_set, predictor, config, views=None):
 
 def adaptation_batches(training_set, task_index, config):
     """The adapt_steps batches a task adapts on: its demonstration pairs under its task's trained augmentations,
-    adapt_batch_size of them a step (all, where a task has fewer), taken in turn from shuffled passes over every (pair, augmentation), drawn
-    from (seed, task). The training set holds no evaluation or test output, so neither can reach them."""
+    adapt_batch_size of them a step (all, where a task has fewer), taken in turn from shuffled passes over every
+    (pair, augmentation), drawn from (seed, task). The training set holds no evaluation or test output, so
+    neither can reach them."""
     pairs = np.flatnonzero(training_set.pair_task == task_index)
     combos = np.stack(np.meshgrid(pairs, np.arange(training_set.num_augmentations), indexing="ij"), -1).reshape(-1, 2)
     steps, size = config["adapt_steps"], min(len(combos), config["adapt_batch_size"])
@@ -1897,12 +1898,11 @@ def seconds_per_prediction(predictor, jobs, batch_size):
 
 def seconds_per_adaptation(model, tasks, training_set, config, device, amp_dtype):
     """Seconds to adapt to one task, timed on up to 8 tasks spread over all of them (their canvases differ),
-    after a warm-up step each: up to 4 steps each, scaled to adapt_steps. A task's fixed part (fresh
-    optimizers) is scaled with them, so rather more than less. The weights are put back. Refined by every
-    evaluation."""
+    after a warm-up step each: up to 8 steps each, scaled to adapt_steps (a task's fixed part, fresh optimizers,
+    is scaled with them: rather more than less). The weights are put back. Refined by every evaluation."""
     if not config["adapt_steps"] or not tasks:
         return 0.0
-    sample, steps = tasks[::max(1, len(tasks) // 8)][:8], min(4, config["adapt_steps"])
+    sample, steps = tasks[::max(1, len(tasks) // 8)][:8], min(8, config["adapt_steps"])
     saved = {name: value.clone() for name, value in model.state_dict().items()}
     for timed in (1, steps):  # the first pass warms up (on a GPU: compiles)
         start = time.perf_counter()

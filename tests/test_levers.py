@@ -136,7 +136,7 @@ def test_an_adaptation_step_is_priced_at_its_own_time_not_at_a_training_step(tmp
     stopped = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("training stopped"))
     kept = float(stopped.split("about ")[1].split("s kept")[0])
     assert 2.0 + 1.25 * 80 * 0.1 <= kept < 2.0 + 1.25 * 80 * 0.4
-    # timed on four steps a task, the estimate holds for ten: rather more than they take, not much more
+    # timed on eight steps a task, the estimate holds for ten: rather more than they take, not much more
     tasks = tf.load_kaggle_folder(data)["test"]
     config = tf.parse_config([*TINY, "--adapt_steps=10"])
     training_set = tf.build_training_set(tf.load_kaggle_folder(data), config)
