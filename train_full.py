@@ -2182,7 +2182,7 @@ def evaluate(run, state, clock, costs, kind, progress):
         adapting += submit(run, clock, progress, f"the weights of step {state.step}", costs.views, votes)
     predicted = run.evaluation + (run.test_tasks if improved and run.distributed.is_main else [])
     costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * num_inputs(predicted), 1)
-    adapted = len({task.id for task in predicted}) if run.config["adapt_steps"] else 0
+    adapted = len({task.id for task in predicted})
     costs.adapt_task = adapting / adapted if adapted else costs.adapt_task
     if run.distributed.is_main:
         draw_pictures(run, costs, progress, report if improved else None)
@@ -2433,7 +2433,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
     adapted = list({t.id: t for t in predicted}.values())
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
-                  num_inputs(predicted), views, adapt_tasks=len(adapted) if config["adapt_steps"] else 0,
+                  num_inputs(predicted), views, adapt_tasks=len(adapted),
                   adapt_task=seconds_per_adaptation(run.model, adapted, training_set, config, run.device,
                                                     run.amp_dtype))
     costs.views = fitting_views(costs, clock, views)
