@@ -137,9 +137,10 @@ def test_an_adaptation_step_is_priced_at_its_own_time_not_at_a_training_step(tmp
     kept = float(stopped.split("about ")[1].split("s kept")[0])
     assert 2.0 + 1.25 * 80 * 0.1 <= kept < 2.0 + 1.25 * 80 * 0.4
     # timed on eight steps a task, the estimate holds for ten: rather more than they take, not much more
-    tasks = tf.load_kaggle_folder(data)["test"]
+    loaded = tf.load_kaggle_folder(data)
+    tasks = loaded["test"]
     config = tf.parse_config([*TINY, "--adapt_steps=10"])
-    training_set = tf.build_training_set(tf.load_kaggle_folder(data), config)
+    training_set = tf.build_training_set(loaded, config)
     model, cpu = tf.ARCTransformer(config, training_set.num_embeddings), tf.torch.device("cpu")
     estimate = tf.seconds_per_adaptation(model, tasks, training_set, config, cpu, None)
     start = tf.time.perf_counter()
