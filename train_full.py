@@ -1896,13 +1896,23 @@ def seconds_per_prediction(predictor, jobs, batch_size):
     return (time.perf_counter() - start) / len(sample)
 
 
+def adaptation_sample(tasks, training_set, config, size=8):
+    """Up to `size` tasks whose adaptation costs what the mean task's does: the tasks at evenly spaced quantiles
+    of the canvas cells their adaptation_batches hold. A step's time grows with its cells (on a CPU, about in
+    proportion, plus a fixed part), and tasks differ eightfold; a sample taken in id order kept a third more."""
+    cells = [sum(batch.inputs.size for batch in adaptation_batches(training_set, training_set.task_index[task.id], config))
+             for task in tasks]
+    order, size = np.argsort(cells, kind="stable"), min(size, len(tasks))
+    return [tasks[i] for i in order[(np.arange(size) * len(tasks) + len(tasks) // 2) // size]]
+
+
 def seconds_per_adaptation(model, tasks, training_set, config, device, amp_dtype):
-    """Seconds to adapt to one task, timed on up to 8 tasks spread over all of them (their canvases differ),
-    after a warm-up step each: up to 8 steps each, scaled to adapt_steps (a task's fixed part, fresh optimizers,
-    is scaled with them: rather more than less). The weights are put back. Refined by every evaluation."""
+    """Seconds to adapt to one task, timed on the adaptation_sample after a warm-up step each: up to 8 steps
+    each, scaled to adapt_steps (a task's fixed part, fresh optimizers, is scaled with them: rather more than
+    less). The weights are put back. Refined by every evaluation."""
     if not config["adapt_steps"] or not tasks:
         return 0.0
-    sample, steps = tasks[::max(1, len(tasks) // 8)][:8], min(8, config["adapt_steps"])
+    sample, steps = adaptation_sample(tasks, training_set, config), min(8, config["adapt_steps"])
     saved = {name: value.clone() for name, value in model.state_dict().items()}
     for timed in (1, steps):  # the first pass warms up (on a GPU: compiles)
         start = time.perf_counter()

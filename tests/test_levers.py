@@ -148,3 +148,24 @@ def test_an_adaptation_step_is_priced_at_its_own_time_not_at_a_training_step(tmp
         tf.adapt(model, task, training_set, config, cpu, None)
     taken = (tf.time.perf_counter() - start) / len(tasks)
     assert 0.8 * taken <= estimate <= 1.5 * taken
+
+
+def test_the_adaptation_is_timed_on_tasks_of_the_mean_size_not_the_first_in_order(tmp_path):
+    # Large and small tasks alternate, so every other task (a sample by order) would be all large ones.
+    data = write_kaggle_folder(str(tmp_path / "data"), {"test": {
+        f"t{k:02d}": make_task(seed=k, num_train=3, shape=(9, 9) if k % 2 == 0 else (2, 3)) for k in range(16)}},
+        solutions=())
+    loaded = tf.load_kaggle_folder(data)
+    tasks = loaded["test"]
+    config = tf.parse_config([*TINY, "--adapt_steps=4", "--adapt_batch_size=4"])
+    training_set = tf.build_training_set(loaded, config)
+
+    def mean_cells(some):
+        return sum(batch.inputs.size for task in some
+                   for batch in tf.adaptation_batches(training_set, training_set.task_index[task.id], config)) / len(some)
+
+    sample = tf.adaptation_sample(tasks, training_set, config)
+    assert len({task.id for task in sample}) == len(sample) == 8
+    assert abs(mean_cells(sample) - mean_cells(tasks)) < 0.15 * mean_cells(tasks)
+    assert mean_cells(tasks[::2]) > 1.5 * mean_cells(tasks)
+    assert sorted(task.id for task in tf.adaptation_sample(tasks[:3], training_set, config)) == ["t00", "t01", "t02"]
