@@ -40,9 +40,10 @@ PRESETS = {
         "focus_fraction": 0.3,  # the last 30% on the 178 tasks' demonstrations (13 against 11: within the noise)
         # Per-task adaptation, 8 steps of 8 pairs: on the same four models' weights 27.75 tasks against 24.0 for the
         # 4 steps of 32 it took until session 12, in the same time; 16 steps solve 29.75 but take 90 s more of the
-        # 15 minutes, which training would have used as well (EXPERIMENTS.md)
+        # 15 minutes, 12% of the training steps, which cost as much here (1,500 steps solved 9.0, 3,000 22.5)
         "adapt_steps": 8,
-        "compile": False,
+        "compile": False,  # compiled, the trunk's steps are ~5% faster here, but compiling and recompiling for the
+                           # adaptation's and prediction's shapes cost 10% of the steps in all (24.5 tasks against 25.5)
         "checkpoint_dir": "checkpoints/dev",
         "output_dir": "outputs/dev",
     },
