@@ -76,16 +76,18 @@ def test_a_training_step_lowers_the_loss_on_its_batch():
     assert model.task_embedding.weight[:3].abs().sum() > 0 and model.task_embedding.weight[3:].abs().sum() == 0
 
 
-@pytest.mark.parametrize("capabilities, width, chosen", [({"amx_bf16": True, "avx512_bf16": True}, 256, torch.bfloat16),
-                                                         ({"amx_bf16": True}, 128, None),
-                                                         ({"amx_bf16": False, "avx512_bf16": True}, 256, None),
-                                                         ({"neon": True}, 512, None)])
-def test_on_cpu_bf16_is_chosen_for_wide_models_on_amx_units_unless_a_precision_is_configured(monkeypatch, capabilities,
-                                                                                            width, chosen):
+@pytest.mark.parametrize("capabilities, width, chosen, named", [
+    ({"amx_bf16": True, "avx512_bf16": True}, 256, torch.bfloat16, "AMX"),
+    ({"amx_bf16": True, "avx512_bf16": True}, 128, None, "AMX"),  # an AMX Xeon's rule, though it has AVX-512 bf16
+    ({"amx_bf16": False, "avx512_bf16": True}, 128, torch.bfloat16, "AVX-512 bf16"),
+    ({"avx512_bf16": True}, 64, None, "AVX-512 bf16"),
+    ({"neon": True}, 512, None, "no bf16 matrix units")])
+def test_on_cpu_bf16_is_chosen_by_the_matrix_units_and_the_width_unless_a_precision_is_configured(
+        monkeypatch, capabilities, width, chosen, named):
     monkeypatch.setattr(tf.torch.cpu, "get_capabilities", lambda: capabilities)
     cpu, config = torch.device("cpu"), {**CONFIG, "embed_dim": width}
     assert [tf.choose_precision(config, cpu)[0] for _ in range(3)] == [chosen] * 3  # a rule, not a race
-    assert "AMX" in tf.choose_precision(config, cpu)[1]
+    assert named in tf.choose_precision(config, cpu)[1]
     assert tf.choose_precision({**config, "dtype": "float32"}, cpu)[0] is None
     assert tf.choose_precision({**config, "dtype": "bfloat16"}, cpu)[0] is torch.bfloat16
 
