@@ -930,9 +930,8 @@ def choose_device(config, distributed=SINGLE_PROCESS):
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # A training step in bf16 against fp32 on CPUs with bf16 matrix instructions: on an AMX Xeon 1.9x at width 256,
 # 0.5-1.0x at 128, 0.8x at 64; on an AMD EPYC with AVX-512 bf16 (no AMX) 1.36x at 256, 1.14-1.25x at 128, 0.63x
-# at 64. Below these widths the conversions cost what the matrix units save.
-CPU_BF16_MIN_WIDTH = {"amx_bf16": 256, "avx512_bf16": 128}
-CPU_BF16_UNITS = {"amx_bf16": "AMX bf16 matrix units", "avx512_bf16": "AVX-512 bf16 instructions"}
+# at 64. Below these widths the conversions cost what the matrix units save. The first units a CPU has decide.
+CPU_BF16_UNITS = {"amx_bf16": ("AMX bf16 matrix units", 256), "avx512_bf16": ("AVX-512 bf16 instructions", 128)}
 
 
 def choose_precision(config, device):
@@ -949,12 +948,13 @@ def choose_precision(config, device):
         return torch.float16, (f"fp16 autocast with a gradient scaler: compute capability {major}.{minor} has no "
                                "bf16 units (they need 8.0, e.g. L4, A100, H100)")
     capabilities = torch.cpu.get_capabilities()
-    units = next((units for units in CPU_BF16_MIN_WIDTH if capabilities.get(units)), None)
+    units = next((CPU_BF16_UNITS[key] for key in CPU_BF16_UNITS if capabilities.get(key)), None)
     if units is None:
         return None, "fp32: the CPU has no bf16 matrix units (AMX or AVX-512 bf16)"
-    if config["embed_dim"] < CPU_BF16_MIN_WIDTH[units]:
-        return None, f"fp32: bf16 pays on this CPU's {CPU_BF16_UNITS[units]} from embed_dim {CPU_BF16_MIN_WIDTH[units]}"
-    return torch.bfloat16, f"bf16 autocast: the CPU has {CPU_BF16_UNITS[units]}"
+    name, min_width = units
+    if config["embed_dim"] < min_width:
+        return None, f"fp32: bf16 pays on this CPU's {name} from embed_dim {min_width}"
+    return torch.bfloat16, f"bf16 autocast: the CPU has {name}"
 
 
 def resumed_precision(began_in, config, device):
