@@ -948,7 +948,7 @@ def choose_precision(config, device):
         return torch.float16, (f"fp16 autocast with a gradient scaler: compute capability {major}.{minor} has no "
                                "bf16 units (they need 8.0, e.g. L4, A100, H100)")
     capabilities = torch.cpu.get_capabilities()
-    units = next((CPU_BF16_UNITS[key] for key in CPU_BF16_UNITS if capabilities.get(key)), None)
+    units = next((units for key, units in CPU_BF16_UNITS.items() if capabilities.get(key)), None)
     if units is None:
         return None, "fp32: the CPU has no bf16 matrix units (AMX or AVX-512 bf16)"
     name, min_width = units
