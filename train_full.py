@@ -765,6 +765,25 @@ def host_tensors(batch, pin=False):
 # The model: a pre-norm transformer encoder over the input canvas, conditioned on its (task, augmentation)
 # by prefix tokens from a learned embedding, predicting every cell of the output canvas at once.
 
+# Attention that takes a gradient over fewer tokens than this is written out when it runs in bf16 on a CPU:
+# the CPU's fused kernel splits such short sequences into blocks of 32 queries, and its backward in bf16 then
+# runs 3x slower than three plain operations (50-150 tokens; a dev-preset training step 1.34x faster in all,
+# EXPERIMENTS.md, session 15). From 192 tokens it takes blocks of 64 and is as fast, its forward alone is as
+# fast or faster everywhere, and it never holds the length x length scores: predictions and long canvases keep it.
+CPU_SHORT_ATTENTION = 192
+
+
+def attention(q, k, v, keep):
+    """softmax(q k^T / sqrt(head width)) v over the keys `keep` marks, for (batch, heads, length, head width)."""
+    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad
+            and q.shape[-2] < CPU_SHORT_ATTENTION):
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        weights = torch.softmax(scores.float().masked_fill(~keep, float("-inf")), dim=-1)
+        return weights.to(v.dtype) @ v
+    # scaled_dot_product_attention picks a fused kernel (flash / memory-efficient) where one exists.
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+
 class Attention(nn.Module):
     def __init__(self, dim, num_heads):
         super().__init__()
@@ -775,8 +794,7 @@ class Attention(nn.Module):
     def forward(self, x, keep):
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        # scaled_dot_product_attention picks a fused kernel (flash / memory-efficient) where one exists.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        y = attention(q, k, v, keep)
         return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
 
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import train_full as tf
 
@@ -97,6 +98,30 @@ def test_bf16_autocast_runs_on_cpu():
     canvases = torch.from_numpy(tf.encode_grids(grids, (8, 6)).astype(np.int64))
     with tf.autocast(torch.device("cpu"), torch.bfloat16):
         assert model(canvases, torch.tensor([0, 1, 2])).dtype == torch.bfloat16
+
+
+def test_short_bf16_attention_on_cpu_is_written_out_and_matches_the_fused_kernel(monkeypatch):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 40, 16) for _ in range(3))
+    keep = torch.ones(3, 1, 1, 40, dtype=torch.bool)
+    keep[1, ..., 25:] = False  # a padded canvas: its keys must take no weight
+    v[1, :, 25:] = 1e4
+    reference = [t.clone().requires_grad_() for t in (q, k, v)]
+    expected = F.scaled_dot_product_attention(*reference, attn_mask=keep)
+    expected.square().sum().backward()
+
+    def fused(*args, **kwargs):
+        raise AssertionError("the fused kernel ran")
+    monkeypatch.setattr(tf.F, "scaled_dot_product_attention", fused)
+    written = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    got = tf.attention(*written, keep)
+    got.float().square().sum().backward()
+    assert torch.allclose(got.float(), expected, atol=0.05, rtol=0.02)
+    for ours, theirs in zip(written, reference):
+        assert torch.allclose(ours.grad.float(), theirs.grad, atol=0.1, rtol=0.05)
+    with pytest.raises(AssertionError, match="fused"):  # predictions (no gradient) keep the fused kernel
+        with torch.no_grad():
+            tf.attention(*(t.detach() for t in written), keep)
 
 
 def test_fp16_with_a_gradient_scaler_updates_the_sparse_task_embeddings():
