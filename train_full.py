@@ -95,8 +95,9 @@ CONFIG = {
                                  # /kaggle/working on Kaggle, else outputs/
     # hardware
     "device": "auto",            # auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...
-    "dtype": "auto",             # auto (bf16 on GPUs that have it, fp16 + scaler on others; on CPU bf16 where it
-                                 # has AMX units and embed_dim >= 256, else fp32), float32, bfloat16, float16
+    "dtype": "auto",             # auto (bf16 on GPUs that have it, fp16 + scaler on others; on CPU bf16 from
+                                 # embed_dim 256 with AMX units, 128 with AVX-512 bf16, else fp32), float32,
+                                 # bfloat16, float16
     "compile": True,             # torch.compile the model's trunk: a minute of compiling for faster steps
 }
 
@@ -948,7 +949,9 @@ def choose_device(config, distributed=SINGLE_PROCESS):
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # A training step in bf16 against fp32 on CPUs with bf16 matrix instructions: on an AMX Xeon 1.9x at width 256,
 # 0.5-1.0x at 128, 0.8x at 64; on an AMD EPYC with AVX-512 bf16 (no AMX) 1.36x at 256, 1.14-1.25x at 128, 0.63x
-# at 64. Below these widths the conversions cost what the matrix units save. The first units a CPU has decide.
+# at 64, and with short attention written out (attention() above) 1.69x at 128, 0.92x at 64 (the Xeon's figures
+# predate that). Below these widths the conversions cost what the matrix units save. The first units a CPU has
+# decide.
 CPU_BF16_UNITS = {"amx_bf16": ("AMX bf16 matrix units", 256), "avx512_bf16": ("AVX-512 bf16 instructions", 128)}
 
 
