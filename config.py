@@ -38,10 +38,10 @@ PRESETS = {
         "save_every_n_minutes": 5.0,
         "log_every_n_steps": 200,
         "focus_fraction": 0.3,  # the last 30% on the 178 tasks' demonstrations (13 against 11: within the noise)
-        # Per-task adaptation, 8 steps of 8 pairs: on the same four models' weights 27.75 tasks against 24.0 for the
-        # 4 steps of 32 it took until session 12, in the same time; 16 steps solve 29.75 but take 90 s more of the
-        # 15 minutes, 12% of the training steps, which cost as much here (1,500 steps solved 9.0, 3,000 22.5)
-        "adapt_steps": 8,
+        # Per-task adaptation, 16 steps of 8 pairs: inside the 15 minutes 30.75 tasks against 29.5 for 8 steps (four
+        # seeds, none lower), though the end's extra 100 s take 15% of the training steps; on the same weights 16
+        # steps gained 2.0 and 2.5 over 8 (EXPERIMENTS.md, sessions 12, 14 and 15)
+        "adapt_steps": 16,
         "compile": False,  # compiled, the trunk's steps are ~5% faster here, but compiling and recompiling for the
                            # adaptation's and prediction's shapes cost 10% of the steps in all (24.5 tasks against 25.5)
         "checkpoint_dir": "checkpoints/dev",
