@@ -767,10 +767,10 @@ def host_tensors(batch, pin=False):
 # by prefix tokens from a learned embedding, predicting every cell of the output canvas at once.
 
 # Attention that takes a gradient over fewer tokens than this is written out when it runs in bf16 on a CPU:
-# the CPU's fused kernel splits such short sequences into blocks of 32 queries, and its backward in bf16 then
-# runs 3x slower than three plain operations (50-150 tokens; a dev-preset training step 1.34x faster in all,
-# EXPERIMENTS.md, session 15). From 192 tokens it takes blocks of 64 and is as fast, its forward alone is as
-# fast or faster everywhere, and it never holds the length x length scores: predictions and long canvases keep it.
+# there the fused kernel's backward runs 3x slower than three plain operations (measured at 50-150 tokens; a
+# dev-preset training step 1.34x faster in all, EXPERIMENTS.md, session 15). From about 200 tokens it is as fast,
+# its forward alone is as fast or faster at every length, and it never holds the length x length scores:
+# predictions and long canvases keep it.
 CPU_SHORT_ATTENTION = 192
 
 
