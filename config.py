@@ -40,7 +40,7 @@ PRESETS = {
         "focus_fraction": 0.3,  # the last 30% on the 178 tasks' demonstrations (13 against 11: within the noise)
         # Per-task adaptation, 16 steps of 8 pairs: inside the 15 minutes 30.75 tasks against 29.5 for 8 steps (four
         # seeds, none lower), though the end's extra 100 s take 15% of the training steps; on the same weights 16
-        # steps gained 2.0, 2.5 and 0 over 8 (EXPERIMENTS.md, sessions 12, 14 and 15)
+        # steps gained 2.0, 2.5 and 1.5 over 8 (EXPERIMENTS.md, sessions 12, 14 and 15)
         "adapt_steps": 16,
         "compile": False,  # compiled, the trunk's steps are ~5% faster here, but compiling and recompiling for the
                            # adaptation's and prediction's shapes cost 10% of the steps in all (24.5 tasks against 25.5)
