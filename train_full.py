@@ -74,8 +74,6 @@ CONFIG = {
                                  # are put back; 0: the shared weights predict every task
     "adapt_batch_size": 8,       # (demonstration, augmentation) pairs per adaptation step, drawn afresh each step: for
                                  # the same compute, more steps of fewer pairs fit a task better (EXPERIMENTS.md)
-    "adapt_snapshots": 1,        # the adapted weights predict after adapt_steps and after each of this many - 1 halvings
-                                 # of them (32 steps, 3: after 8, 16 and 32), every snapshot's views voted together
     "max_nonfinite_steps": 5,    # non-finite steps in a row (each skipped) before rolling back to last.pt at half
                                  # the learning rate
     "epochs": 100000,            # passes over every training pair (each under a random augmentation); an upper
@@ -199,7 +197,7 @@ def parse_config(argv, defaults=CONFIG, presets=None):
     if config["embed_dim"] % config["num_heads"]:
         raise ConfigError(f"embed_dim ({config['embed_dim']}) must divide by num_heads ({config['num_heads']})")
     for key in ("batch_size", "adapt_batch_size", "num_layers", "num_prefix_tokens", "warmup_steps",
-                "log_every_n_steps", "epochs", "max_nonfinite_steps", "adapt_snapshots"):
+                "log_every_n_steps", "epochs", "max_nonfinite_steps"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {config[key]}")
     if config["max_steps"] < 0:
@@ -1325,29 +1323,21 @@ def run_predictions(jobs, predictor, batch_size):
     return grids, confidences, colour_log_probs
 
 
-def vote_jobs(tasks, jobs, predictions, confidences, colour_log_probs):
-    """{task id: [Vote per test input]}: the predictions of every job of a test input voted together (none:
-    the fallback answers)."""
-    of_input = {}
-    for i, job in enumerate(jobs):
-        of_input.setdefault((job.task.id, job.index), []).append(i)
-    votes = {}
-    for task in tasks:
-        votes[task.id] = []
-        for k, test_input in enumerate(task.test_inputs):
-            chosen = of_input.get((task.id, k), [])
-            votes[task.id].append(vote([predictions[i] for i in chosen], [jobs[i].augmentation for i in chosen],
-                                       test_input, [confidences[i] for i in chosen],
-                                       [colour_log_probs[i] for i in chosen]))
-    return votes
-
-
 def predict_tasks(tasks, training_set, predictor, config, views=None):
     """{task id: [Vote per test input]}: every test input predicted under `views` (vote_augmentations unless
     given) of its task's augmentations, decoded, mapped back and voted on. With no view, the fallback answers."""
     views = config["vote_augmentations"] if views is None else views
     jobs = prediction_jobs(tasks, training_set, config, views)
-    return vote_jobs(tasks, jobs, *run_predictions(jobs, predictor, config["batch_size"]))
+    predictions, confidences, colour_log_probs = run_predictions(jobs, predictor, config["batch_size"])
+    votes, first = {}, 0
+    for task in tasks:
+        votes[task.id] = []
+        for test_input in task.test_inputs:
+            span = slice(first, first + views)
+            votes[task.id].append(vote(predictions[span], [job.augmentation for job in jobs[span]], test_input,
+                                       confidences[span], colour_log_probs[span]))
+            first += views
+    return votes
 
 
 def adaptation_batches(training_set, task_index, config):
@@ -1364,43 +1354,28 @@ def adaptation_batches(training_set, task_index, config):
     return [make_batch(training_set, combos[c, 0], combos[c, 1], config["canvas_size"]) for c in chosen]
 
 
-def snapshot_steps(config):
-    """The adaptation steps after which the weights predict: adapt_steps and adapt_snapshots - 1 halvings of it."""
-    return sorted({max(1, config["adapt_steps"] >> k) for k in range(config["adapt_snapshots"])})
-
-
 def adapt(model, task, training_set, config, device, amp_dtype):
     """Train the weights in place on the task's adaptation_batches: a step at the peak learning rates on each,
-    with fresh optimizers, pausing after each of the snapshot_steps (a generator: it yields the steps done).
-    The caller puts the shared weights back."""
+    with fresh optimizers. The caller puts the shared weights back."""
     optimizers = make_optimizers(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    snapshots = snapshot_steps(config)
-    for step, batch in enumerate(adaptation_batches(training_set, training_set.task_index[task.id], config), 1):
+    for batch in adaptation_batches(training_set, training_set.task_index[task.id], config):
         train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
-        if step in snapshots:
-            yield step
 
 
 def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None):
     """(votes, seconds spent adapting): predict_tasks with the model's own weights, or with adapt_steps > 0,
-    each task predicted by the weights adapted to it at each of the snapshot_steps, all their views voted
-    together, the weights put back before the next task."""
+    each task predicted by the weights adapted to it, the weights put back before the next."""
     predictor = model_predictor(model, device, amp_dtype)
     if not config["adapt_steps"]:
         return predict_tasks(tasks, training_set, predictor, config, views), 0.0
-    views = config["vote_augmentations"] if views is None else views
     saved = {name: value.clone() for name, value in model.state_dict().items()}
     votes, adapting = {}, 0.0
     for task in tasks:
-        jobs, predicted = prediction_jobs([task], training_set, config, views), [[], [], []]
         start = time.perf_counter()
-        for _ in adapt(model, task, training_set, config, device, amp_dtype):
-            adapting += time.perf_counter() - start
-            for pooled, part in zip(predicted, run_predictions(jobs, predictor, config["batch_size"])):
-                pooled += part
-            start = time.perf_counter()
-        votes.update(vote_jobs([task], jobs * len(snapshot_steps(config)), *predicted))
+        adapt(model, task, training_set, config, device, amp_dtype)
+        adapting += time.perf_counter() - start
+        votes.update(predict_tasks([task], training_set, predictor, config, views))
         model.load_state_dict(saved)
     return votes, adapting
 
@@ -1839,7 +1814,6 @@ class Costs:
     prediction: float        # one prediction (a test input under one view); every evaluation refines it
     inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
     views: int               # views per test input in every prediction of the run (fitting_views)
-    snapshots: int = 1       # predictions per view: the adaptation's snapshot_steps (1 without adaptation)
     adapt_tasks: int = 0     # the tasks a final evaluation and test prediction adapt to
     adapt_task: float = 0.0  # adapting to one of them: timed at the start (seconds_per_adaptation), refined by
                              # every evaluation
@@ -1849,7 +1823,7 @@ class Costs:
 
     def prediction_seconds(self, views=None, safety=1.25):
         """A final evaluation and the test prediction, with a quarter more for safety."""
-        predicting = self.prediction * self.inputs * (self.views if views is None else views) * self.snapshots
+        predicting = self.prediction * self.inputs * (self.views if views is None else views)
         return safety * (predicting + self.adapt_tasks * self.adapt_task)
 
     def final_seconds(self, views=None):
@@ -1968,8 +1942,7 @@ def seconds_per_adaptation(model, tasks, training_set, config, device, amp_dtype
     for timed in (1, steps):  # the first pass warms up (on a GPU: compiles)
         start = time.perf_counter()
         for task in sample:
-            for _ in adapt(model, task, training_set, {**config, "adapt_steps": timed}, device, amp_dtype):
-                pass
+            adapt(model, task, training_set, {**config, "adapt_steps": timed}, device, amp_dtype)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     model.load_state_dict(saved)
@@ -2243,8 +2216,7 @@ def evaluate(run, state, clock, costs, kind, progress):
     if improved and run.distributed.is_main:
         adapting += submit(run, clock, progress, f"the weights of step {state.step}", costs.views, votes)
     predicted = run.evaluation + (run.test_tasks if improved and run.distributed.is_main else [])
-    costs.prediction = (time.perf_counter() - start - adapting) / max(
-        costs.views * costs.snapshots * num_inputs(predicted), 1)
+    costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * num_inputs(predicted), 1)
     adapted = len({task.id for task in predicted})
     costs.adapt_task = adapting / adapted if adapted else costs.adapt_task
     if run.distributed.is_main:
@@ -2496,8 +2468,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
     adapted = list({t.id: t for t in predicted}.values())
     costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
-                  num_inputs(predicted), views, len(snapshot_steps(config)) if config["adapt_steps"] else 1,
-                  adapt_tasks=len(adapted),
+                  num_inputs(predicted), views, adapt_tasks=len(adapted),
                   adapt_task=seconds_per_adaptation(run.model, adapted, training_set, config, run.device,
                                                     run.amp_dtype))
     costs.views = fitting_views(costs, clock, views)
