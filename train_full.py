@@ -1363,21 +1363,41 @@ def adapt(model, task, training_set, config, device, amp_dtype):
         train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
 
 
-def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None):
-    """(votes, seconds spent adapting): predict_tasks with the model's own weights, or with adapt_steps > 0,
-    each task predicted by the weights adapted to it, the weights put back before the next."""
+def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None, deadline=None):
+    """(votes, seconds spent adapting, tasks not adapted): predict_tasks with the model's own weights, or with
+    adapt_steps > 0, each task predicted by the weights adapted to it, the weights put back before the next.
+    A task adapts only while the previous task's adaptation would still end before `deadline` (perf_counter
+    seconds); the rest are predicted by the shared weights, so an end slower than its estimate costs some
+    adaptation, never the budget."""
     predictor = model_predictor(model, device, amp_dtype)
     if not config["adapt_steps"]:
-        return predict_tasks(tasks, training_set, predictor, config, views), 0.0
+        return predict_tasks(tasks, training_set, predictor, config, views), 0.0, 0
     saved = {name: value.clone() for name, value in model.state_dict().items()}
-    votes, adapting = {}, 0.0
+    votes, adapting, last, skipped = {}, 0.0, 0.0, 0
     for task in tasks:
         start = time.perf_counter()
-        adapt(model, task, training_set, config, device, amp_dtype)
-        adapting += time.perf_counter() - start
+        if deadline is None or start + last <= deadline:
+            adapt(model, task, training_set, config, device, amp_dtype)
+            last = time.perf_counter() - start
+            adapting += last
+        else:
+            skipped += 1
         votes.update(predict_tasks([task], training_set, predictor, config, views))
         model.load_state_dict(saved)
-    return votes, adapting
+    return votes, adapting, skipped
+
+
+def adaptation_deadline(clock, costs, inputs, tasks_after=0):
+    """The perf_counter time after which no task begins adapting: the budget's end, less the predictions of
+    `inputs` test inputs under every view, `tasks_after` adaptations still to come, the pictures and 2 s."""
+    keep = costs.prediction * inputs * costs.views + costs.adapt_task * tasks_after + costs.draw + 2.0
+    return time.perf_counter() + clock.budget - clock.used() - keep
+
+
+def say_unadapted(progress, skipped, what):
+    if skipped:
+        progress.write(f"{what}: {skipped} tasks predicted by the shared weights, their adaptation did not fit "
+                       "before the budget's end")
 
 
 # -----------------------------------------------------------------------------
@@ -2189,8 +2209,11 @@ def evaluate(run, state, clock, costs, kind, progress):
     best answers so far, whatever ends the run later; if best.pt cannot be written, the score does not
     count as the best."""
     start = time.perf_counter()
-    votes, adapting = adapted_votes(run.model, run.evaluation, run.training_set, run.config, run.device,
-                                    run.amp_dtype, costs.views)
+    later = [task for task in run.test_tasks if task.id not in reusable(run, run.test_tasks)]
+    votes, adapting, skipped = adapted_votes(
+        run.model, run.evaluation, run.training_set, run.config, run.device, run.amp_dtype, costs.views,
+        adaptation_deadline(clock, costs, num_inputs(run.evaluation + later), len(later)))
+    say_unadapted(progress, skipped, kind)
     report = eval_report(run.evaluation, votes)
     summary = report["summary"]
     improved = state.best_score is None or score_key(summary) > state.best_score
@@ -2214,11 +2237,11 @@ def evaluate(run, state, clock, costs, kind, progress):
                    f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                    + (" | new best" if improved else ""))
     if improved and run.distributed.is_main:
-        adapting += submit(run, clock, progress, f"the weights of step {state.step}", costs.views, votes)
+        adapting += submit(run, clock, costs, progress, f"the weights of step {state.step}", votes)
     predicted = run.evaluation + (run.test_tasks if improved and run.distributed.is_main else [])
     costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * num_inputs(predicted), 1)
     adapted = len({task.id for task in predicted})
-    costs.adapt_task = adapting / adapted if adapted else costs.adapt_task
+    costs.adapt_task = adapting / adapted if adapted and not skipped else costs.adapt_task
     if run.distributed.is_main:
         draw_pictures(run, costs, progress, report if improved else None)
 
@@ -2237,17 +2260,25 @@ def same_inputs(task, other):
         np.array_equal(a, b) for a, b in zip(task.test_inputs, other.test_inputs))
 
 
-def submit(run, clock, progress, weights, views, known=None):
+def reusable(run, test_tasks):
+    """The ids of the test tasks that are evaluation tasks (the same id and test inputs, as in the dev
+    benchmark): an evaluation's votes answer them."""
+    evaluated = {task.id: task for task in run.evaluation + run.unscored}
+    return {task.id for task in test_tasks if task.id in evaluated and same_inputs(task, evaluated[task.id])}
+
+
+def submit(run, clock, costs, progress, weights, known=None):
     """Predict the test tasks with the model's weights as they are and write submission.json (rank 0).
     `known` holds the votes of the same weights for evaluation tasks: a test task that is one of them (the
     same id and test inputs, as in the dev benchmark) takes its votes instead of being predicted again.
     Returns the seconds spent adapting."""
     known = known or {}
-    evaluated = {task.id: task for task in run.evaluation + run.unscored}
-    reused = {task.id for task in run.test_tasks if task.id in known and task.id in evaluated
-              and same_inputs(task, evaluated[task.id])}
-    votes, adapting = adapted_votes(run.model, [t for t in run.test_tasks if t.id not in reused], run.training_set,
-                                    run.config, run.device, run.amp_dtype, views)
+    reused = {task_id for task_id in reusable(run, run.test_tasks) if task_id in known}
+    predicted = [t for t in run.test_tasks if t.id not in reused]
+    votes, adapting, skipped = adapted_votes(run.model, predicted, run.training_set, run.config, run.device,
+                                             run.amp_dtype, costs.views,
+                                             adaptation_deadline(clock, costs, num_inputs(predicted)))
+    say_unadapted(progress, skipped, "submission")
     votes.update({task_id: known[task_id] for task_id in reused})
     try:
         num_fallback = save_submission(run.paths.submission, run.test_tasks, votes)
@@ -2272,11 +2303,13 @@ def submission_at_the_end(run, state, clock, costs, progress, may_predict):
     if not may_predict:
         progress.write(f"submission: {run.paths.submission} keeps the fallback answers (no evaluation had run)")
         return None
-    submit(run, clock, progress, "the last weights", costs.views)
+    submit(run, clock, costs, progress, "the last weights")
     if run.evaluation:  # the answers exist, but no evaluation had the time to run
         return None
-    votes, _ = adapted_votes(run.model, run.unscored, run.training_set, run.config, run.device, run.amp_dtype,
-                             costs.views)
+    votes, _, skipped = adapted_votes(run.model, run.unscored, run.training_set, run.config, run.device,
+                                      run.amp_dtype, costs.views,
+                                      adaptation_deadline(clock, costs, num_inputs(run.unscored)))
+    say_unadapted(progress, skipped, "evaluation predictions")
     report = unscored_report(run.unscored, votes)
     write_json_atomic(run.paths.evaluation, report)
     progress.write(f"evaluation predictions: {len(run.unscored)} tasks without answers, unscored, written to "

@@ -70,10 +70,10 @@ def test_adapted_predictions_put_the_shared_weights_back_and_differ_from_the_sha
     model = tf.ARCTransformer(config, training_set.num_embeddings)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     cpu = torch.device("cpu")
-    adapted, seconds = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None)
-    assert seconds > 0 and set(adapted) == {"hidden3", "hidden2"}
+    adapted, seconds, skipped = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None)
+    assert seconds > 0 and skipped == 0 and set(adapted) == {"hidden3", "hidden2"}
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
-    shared, no_seconds = tf.adapted_votes(model, tasks["test"], training_set, {**config, "adapt_steps": 0}, cpu, None)
+    shared, no_seconds, _ = tf.adapted_votes(model, tasks["test"], training_set, {**config, "adapt_steps": 0}, cpu, None)
     assert no_seconds == 0.0
     plain = tf.predict_tasks(tasks["test"], training_set, tf.model_predictor(model, cpu, None), config)
     assert all(tf.grid_key(a) == tf.grid_key(b) for task_id in plain
@@ -81,6 +81,57 @@ def test_adapted_predictions_put_the_shared_weights_back_and_differ_from_the_sha
     # three steps at the peak rate move an untrained model's confident answers somewhere
     assert any(tf.grid_key(a) != tf.grid_key(b) for task_id in plain
                for va, vb in zip(adapted[task_id], plain[task_id]) for a, b in zip(va.candidates, vb.candidates))
+
+
+def test_adaptation_stops_at_its_deadline_and_the_shared_weights_predict_the_rest(tmp_path):
+    data = hidden_run_folder(str(tmp_path / "data"))
+    tasks = tf.load_kaggle_folder(data)
+    config = tf.parse_config([*TINY, "--adapt_steps=3"])
+    training_set = tf.build_training_set(tasks, config)
+    torch.manual_seed(0)
+    model, cpu = tf.ARCTransformer(config, training_set.num_embeddings), torch.device("cpu")
+    late, seconds, skipped = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None,
+                                              deadline=tf.time.perf_counter() - 1.0)
+    assert seconds == 0.0 and skipped == 2
+    shared = tf.predict_tasks(tasks["test"], training_set, tf.model_predictor(model, cpu, None), config)
+    assert all(tf.grid_key(a) == tf.grid_key(b) for task_id in shared
+               for va, vb in zip(late[task_id], shared[task_id]) for a, b in zip(va.candidates, vb.candidates))
+    _, seconds, skipped = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None,
+                                           deadline=tf.time.perf_counter() + 60.0)
+    assert seconds > 0 and skipped == 0
+
+
+def test_an_end_slower_than_timed_at_the_start_skips_adaptations_not_the_budget(tmp_path, capsys, monkeypatch):
+    # The start times the adaptation at its true speed; from then on each task's adaptation takes a second more,
+    # as if the end ran slower than the start (EXPERIMENTS.md, session 16). The four evaluation tasks' would
+    # overrun the budget kept for them; the tasks left when the time is short are predicted by the shared weights.
+    adapt, timing, slow = tf.adapt, tf.seconds_per_adaptation, {"from now": False}
+
+    def slower_after_the_start(*args, **kwargs):
+        if slow["from now"]:
+            tf.time.sleep(1.0)
+        return adapt(*args, **kwargs)
+
+    def timed_at_the_start(*args, **kwargs):
+        seconds = timing(*args, **kwargs)
+        slow["from now"] = True
+        return seconds
+
+    monkeypatch.setattr(tf, "adapt", slower_after_the_start)
+    monkeypatch.setattr(tf, "seconds_per_adaptation", timed_at_the_start)
+    data = write_kaggle_folder(str(tmp_path / "data"), {
+        "training": {f"train{k}": make_task(seed=k) for k in range(2)},
+        "evaluation": {f"eval{k}": make_task(seed=10 + k) for k in range(4)}})
+    budget = 0.004 * 3600
+    code = tf.main([*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}", f"--checkpoint_dir={tmp_path / 'ck'}",
+                    "--adapt_steps=2", "--epochs=100000", "--eval_every_n_epochs=0", f"--target_runtime_hours={budget / 3600}"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "tasks predicted by the shared weights, their adaptation did not fit before the budget's end" in out
+    written = [line for line in out.splitlines() if line.startswith("submission: 4 tasks")][-1]
+    assert float(written.split(" at ")[1].split("s of")[0]) <= budget  # 16 s of the 14 without the deadline
+    final = [tf.json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")][-2]
+    assert final["kind"] == "final eval" and final["elapsed"] <= budget
 
 
 def test_a_run_with_adaptation_keeps_its_budget_and_writes_a_valid_submission(tmp_path, capsys):
