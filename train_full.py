@@ -2209,7 +2209,7 @@ def evaluate(run, state, clock, costs, kind, progress):
     best answers so far, whatever ends the run later; if best.pt cannot be written, the score does not
     count as the best."""
     start = time.perf_counter()
-    later = [task for task in run.test_tasks if task.id not in reusable(run, run.test_tasks)]
+    later = [task for task in run.test_tasks if task.id not in reusable(run)]
     votes, adapting, skipped = adapted_votes(
         run.model, run.evaluation, run.training_set, run.config, run.device, run.amp_dtype, costs.views,
         adaptation_deadline(clock, costs, num_inputs(run.evaluation + later), len(later)))
@@ -2260,11 +2260,11 @@ def same_inputs(task, other):
         np.array_equal(a, b) for a, b in zip(task.test_inputs, other.test_inputs))
 
 
-def reusable(run, test_tasks):
+def reusable(run):
     """The ids of the test tasks that are evaluation tasks (the same id and test inputs, as in the dev
     benchmark): an evaluation's votes answer them."""
     evaluated = {task.id: task for task in run.evaluation + run.unscored}
-    return {task.id for task in test_tasks if task.id in evaluated and same_inputs(task, evaluated[task.id])}
+    return {task.id for task in run.test_tasks if task.id in evaluated and same_inputs(task, evaluated[task.id])}
 
 
 def submit(run, clock, costs, progress, weights, known=None):
@@ -2273,7 +2273,7 @@ def submit(run, clock, costs, progress, weights, known=None):
     same id and test inputs, as in the dev benchmark) takes its votes instead of being predicted again.
     Returns the seconds spent adapting."""
     known = known or {}
-    reused = {task_id for task_id in reusable(run, run.test_tasks) if task_id in known}
+    reused = {task_id for task_id in reusable(run) if task_id in known}
     predicted = [t for t in run.test_tasks if t.id not in reused]
     votes, adapting, skipped = adapted_votes(run.model, predicted, run.training_set, run.config, run.device,
                                              run.amp_dtype, costs.views,
