@@ -92,8 +92,8 @@ def test_adapted_predictions_put_the_shared_weights_back_differ_from_the_shared_
 
 def test_an_end_slower_than_timed_at_the_start_skips_adaptations_not_the_budget(tmp_path, capsys, monkeypatch):
     # The start times the adaptation at its true speed; from then on each task's adaptation takes a second more,
-    # as if the end ran slower than the start (EXPERIMENTS.md, session 16). The four evaluation tasks' would
-    # overrun the budget kept for them; the tasks left when the time is short are predicted by the shared weights.
+    # as if the end ran slower than the start (EXPERIMENTS.md, session 16). The four evaluation tasks' adaptations
+    # would overrun the budget kept for them; the tasks left when the time is short are predicted by the shared weights.
     adapt, timing, slow = tf.adapt, tf.seconds_per_adaptation, {"from now": False}
 
     def slower_after_the_start(*args, **kwargs):
