@@ -189,8 +189,8 @@ def main(argv):
 
     # 2. Fixed canvas: the same pairs, every one on the full 30x30 canvas.
     def full_canvas(batch):
-        chosen, augmentations, placements = batch
-        made = tf.make_batch(training_set, chosen, augmentations, config["canvas_size"], placements=placements)
+        chosen, augmentations = batch
+        made = tf.make_batch(training_set, chosen, augmentations, config["canvas_size"])
         side = config["canvas_size"]
         padded = [np.zeros((len(chosen), side, side), dtype=np.int64) for _ in range(2)]
         for array, source in zip(padded, made[:2]):
@@ -203,7 +203,7 @@ def main(argv):
 
     # 3. This project's step: batches grouped by size and cut to their largest grid.
     def project_batch(batch):
-        return tf.make_batch(training_set, *batch[:2], config["canvas_size"], placements=batch[2])
+        return tf.make_batch(training_set, batch[0], batch[1], config["canvas_size"])
     project_seconds = median_seconds(pass_runner(project_batch), repeats)
     project_rate = report("3. train_full.py step", project_seconds, samples, cells, flops, peak)
     print(f"ratios: 3/1 = {project_rate / seed_rate:.1f}x, 3/2 = {project_rate / fixed_rate:.1f}x (samples/s; "
@@ -336,8 +336,8 @@ def spread_batches(training_set, config, count):
     """`count` batches of epoch 0 spread over its canvas sizes, as (pair indices, make_batch arrays)."""
     epoch = sorted(tf.epoch_batches(training_set, config, epoch=0), key=lambda b: len(b[0]))
     chosen = epoch[len(epoch) // (2 * count)::max(1, len(epoch) // count)][:count]
-    return [(pairs, tf.make_batch(training_set, pairs, augmentations, config["canvas_size"], placements=placements))
-            for pairs, augmentations, placements in chosen]
+    return [(pairs, tf.make_batch(training_set, pairs, augmentations, config["canvas_size"]))
+            for pairs, augmentations in chosen]
 
 
 def compile_counting(model, graphs):

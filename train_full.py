@@ -51,8 +51,6 @@ CONFIG = {
     "canvas_size": 30,           # side of the square canvas every grid is drawn on; 30 holds every ARC grid
     "num_augmentations": 32,     # distinct augmentations per task (the identity first), each its own task embedding
     "vote_augmentations": 8,     # augmentations each test input is predicted under before voting (<= num_augmentations)
-    "random_offsets": False,     # draw each training pair (input and output alike) and each view after the first
-                                 # at a random place on the canvas, not at its top-left
     # model
     "embed_dim": 256,            # transformer width
     "num_layers": 6,             # transformer blocks
@@ -688,9 +686,7 @@ def focus_pairs(training_set):
 
 
 def epoch_batches(training_set, config, epoch, focus=False, processes=1):
-    """The epoch's batches as [(pair indices, augmentation indices, placements)], in a shuffled order, where
-    a placement is where on the canvas the pair is drawn (make_batch's): random with random_offsets, else
-    the top-left. With `focus`,
+    """The epoch's batches as [(pair indices, augmentation indices)], in a shuffled order; with `focus`,
     over the evaluation and test tasks' pairs alone. batch_size is each process's, so a batch holds
     `processes` times as many pairs: more GPUs train more samples per step."""
     rng = np.random.default_rng([config["seed"], epoch, 1])
@@ -718,9 +714,7 @@ def epoch_batches(training_set, config, epoch, focus=False, processes=1):
             batch.append(position)
             batch_height, batch_width = grown_height, grown_width
         batches.append(batch)
-    shuffled = rng.permutation(len(batches))
-    placements = rng.random((len(order), 2)) if config["random_offsets"] else np.zeros((len(order), 2))
-    return [(order[batches[i]], augmentation[batches[i]], placements[batches[i]]) for i in shuffled]
+    return [(order[batches[i]], augmentation[batches[i]]) for i in rng.permutation(len(batches))]
 
 
 class Batch(NamedTuple):
@@ -731,7 +725,6 @@ class Batch(NamedTuple):
     cells: int = 0              # cells carrying a loss in the whole batch, every process's slice (0: those here)
     weight: float = 1.0         # 0 for a process with no pair of this batch: it runs one, which counts for nothing
     rows: np.ndarray | None = None  # the task-embedding rows of the whole batch, sorted (None: those of this slice)
-    offsets: np.ndarray | None = None  # (B, 2) where each pair is drawn on the canvas (None: the top-left)
     tensors: tuple | None = None    # host_tensors of the above, made ahead of the step (None: train_step makes them)
 
 
@@ -741,25 +734,13 @@ def loss_cells(height, width, canvas_size):
             + ((width + (width < canvas_size)) if height < canvas_size else 0))
 
 
-def placement_offsets(shapes, placements, canvas_size):
-    """(n, 2) offsets of canvases of `shapes` (n, 2) drawn at `placements` (n, 2) in [0, 1): each a fraction
-    of the room the canvas has on a canvas_size square, so every offset keeps the canvas on it."""
-    room = canvas_size - np.asarray(shapes, dtype=np.int64).reshape(-1, 2)
-    return np.floor(np.asarray(placements).reshape(-1, 2) * (room + 1)).astype(np.int64)
-
-
-def make_batch(training_set, pairs, augmentation_indices, canvas_size, rank=0, world_size=1, placements=None):
+def make_batch(training_set, pairs, augmentation_indices, canvas_size, rank=0, world_size=1):
     """The Batch of process `rank` of `world_size` (an equal slice each) for the pairs under their
-    augmentations, each pair's input and output drawn at the same place on the canvas (placements, as
-    placement_offsets takes them; None: the top-left). Only that slice is built; the whole batch's loss
-    cells follow from the grids' shapes."""
+    augmentations. Only that slice is built; the whole batch's loss cells follow from the grids' shapes."""
     mine = np.array_split(np.arange(len(pairs)), world_size)[rank]
     weight = 1.0 if len(mine) else 0.0
     examples = [training_set.example(int(pairs[i]) * training_set.num_augmentations + int(augmentation_indices[i]))
                 for i in (mine if len(mine) else [0])]
-    offsets = None if placements is None else placement_offsets(
-        [canvas_shape(example[:2], canvas_size) for example in examples],
-        np.asarray(placements)[mine if len(mine) else [0]], canvas_size)
     shape = canvas_shape([grid for example in examples for grid in example[:2]], canvas_size)
     inputs = encode_grids([example[0] for example in examples], shape)
     targets = encode_grids([example[1] for example in examples], shape)
@@ -768,18 +749,17 @@ def make_batch(training_set, pairs, augmentation_indices, canvas_size, rank=0, w
                 for p, turn in zip(pairs, transposed))
     rows = np.unique(training_set.pair_task[pairs] * training_set.num_augmentations + augmentation_indices)
     return Batch(inputs.astype(np.int64), targets.astype(np.int64),
-                 np.array([e[2] for e in examples], dtype=np.int64), int(cells), weight, rows, offsets)
+                 np.array([e[2] for e in examples], dtype=np.int64), int(cells), weight, rows)
 
 
 def host_tensors(batch, pin=False):
-    """(inputs, targets, each pair's position among the rows, the rows, the offsets or None) of a Batch as CPU
-    tensors; with `pin`
+    """(inputs, targets, each pair's position among the rows, the rows) of a Batch as CPU tensors; with `pin`
     in page-locked memory, for a CUDA device: a copy from ordinary memory first waits for everything queued
     on the device (a sync every step), one from page-locked memory is queued like a kernel."""
     rows = np.unique(batch.embedding_ids) if batch.rows is None else batch.rows
-    tensors = [None if array is None else torch.from_numpy(np.ascontiguousarray(array)) for array in
-               (batch.inputs, batch.targets, np.searchsorted(rows, batch.embedding_ids), rows, batch.offsets)]
-    return tuple(tensor.pin_memory() if pin and tensor is not None else tensor for tensor in tensors)
+    tensors = [torch.from_numpy(np.ascontiguousarray(array)) for array in
+               (batch.inputs, batch.targets, np.searchsorted(rows, batch.embedding_ids), rows)]
+    return tuple(tensor.pin_memory() if pin else tensor for tensor in tensors)
 
 
 # -----------------------------------------------------------------------------
@@ -873,22 +853,12 @@ class ARCTransformer(nn.Module):
         # Zero: an unseen task starts from the shared model's behaviour, not from noise.
         nn.init.zeros_(self.task_embedding.weight)
 
-    def forward(self, canvases, embedding_ids, task_rows=None, offsets=None):
+    def forward(self, canvases, embedding_ids, task_rows=None):
         """Logits (B, H, W, VOCAB_SIZE) for the output canvas from input canvases (B, H, W). embedding_ids
-        index the task-embedding table, or `task_rows` (some of its rows, to take their gradient) if given.
-        offsets (B, 2) place each canvas that many rows and columns from the canvas's top-left (None: none).
-        PAD is masked out of attention, so a canvas at an offset predicts what the same grid drawn there on a
-        larger canvas would, without computing the empty cells before it; cells past the last position are PAD."""
+        index the task-embedding table, or `task_rows` (some of its rows, to take their gradient) if given."""
         batch, height, width = canvases.shape
-        if offsets is None:
-            rows = self.row_embedding.weight[:height, None]
-            columns = self.column_embedding.weight[None, :width]
-        else:
-            last = self.row_embedding.num_embeddings - 1
-            steps = torch.arange(max(height, width), device=canvases.device)
-            rows = self.row_embedding((offsets[:, :1] + steps[:height]).clamp(max=last))[:, :, None]
-            columns = self.column_embedding((offsets[:, 1:] + steps[:width]).clamp(max=last))[:, None]
-        x = (self.token_embedding(canvases) + rows + columns).view(batch, height * width, -1)
+        x = (self.token_embedding(canvases) + self.row_embedding.weight[:height, None]
+             + self.column_embedding.weight[None, :width]).view(batch, height * width, -1)
         table = self.task_embedding.weight if task_rows is None else task_rows
         prefix = F.embedding(embedding_ids, table).view(batch, self.num_prefix_tokens, -1) + self.prefix_position
         x = torch.cat([prefix.to(x.dtype), x], dim=1)
@@ -1168,20 +1138,19 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
     # process with no pair of this batch still runs one at zero weight: every process must join each exchange.
     scale = distributed.world_size * batch.weight
     # The task-embedding rows the batch touches, the same on every process: the table's gradient is theirs.
-    inputs, targets, positions, rows, offsets = batch.tensors or host_tensors(batch, pin=device.type == "cuda")
+    inputs, targets, positions, rows = batch.tensors or host_tensors(batch, pin=device.type == "cuda")
     rows = rows.to(device, non_blocking=True)
     task_rows = getattr(model, "module", model).task_embedding.weight.index_select(0, rows).requires_grad_()
     parts = [part for part in np.array_split(np.arange(len(batch.inputs)), micro_batches) if len(part)]
     total_loss = total_accuracy = 0.0
     for i, part in enumerate(parts):
         whole = len(parts) == 1  # a part is a copy, in ordinary memory; the whole batch is sent as it is
-        inputs_part, targets_part, ids, offsets_part = (
-            None if t is None else (t if whole else t[torch.from_numpy(part)]).to(device, non_blocking=True)
-            for t in (inputs, targets, positions, offsets))
+        inputs_part, targets_part, ids = ((t if whole else t[torch.from_numpy(part)]).to(device, non_blocking=True)
+                                          for t in (inputs, targets, positions))
         last = i == len(parts) - 1
         with (model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()):
             with autocast(device, amp_dtype):
-                logits = model(inputs_part, ids, task_rows, offsets_part)
+                logits = model(inputs_part, ids, task_rows)
             loss, accuracy = masked_loss_and_accuracy(logits, targets_part)
             share = counted[part].sum() / cells
             scaler.scale(loss * scale * share).backward()
@@ -1281,15 +1250,15 @@ def vote(predictions, augmentations, test_input, confidences=None, colour_log_pr
 
 
 def model_predictor(model, device, amp_dtype):
-    """A predictor for predict_tasks: (canvases, embedding ids, offsets) -> (argmax canvases, confidences, colour
+    """A predictor for predict_tasks: (canvases, embedding ids) -> (argmax canvases, confidences, colour
     log-probabilities (n, height, width, 10) in float16), where a confidence is the mean log-probability
     of the predicted cells of the decoded grid and its markers."""
     @torch.no_grad()
-    def predict(canvases, embedding_ids, offsets):
+    def predict(canvases, embedding_ids):
         model.eval()
         with autocast(device, amp_dtype):
             logits = model(torch.from_numpy(canvases.astype(np.int64)).to(device),
-                           torch.from_numpy(embedding_ids).to(device), offsets=torch.from_numpy(offsets).to(device))
+                           torch.from_numpy(embedding_ids).to(device))
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         best_log_prob, tokens = log_probs.max(dim=-1)
         colours = log_probs[..., COLOUR_OFFSET:].half().cpu().numpy()
@@ -1322,23 +1291,15 @@ class PredictionJob(NamedTuple):
     augmentation: Augmentation
     embedding_id: int
     side: int                   # of its canvas
-    offset: tuple = (0, 0)      # where its canvas is drawn
 
 
 def prediction_jobs(tasks, training_set, config, views):
-    """One job per test input and view, in order: each test input under its task's first `views` augmentations,
-    the first at the top-left and, with random_offsets, the others at places drawn from (seed, task)."""
-    jobs = []
-    for task in tasks:
-        index = training_set.task_index[task.id]
-        rng = np.random.default_rng([config["seed"], index, 3])
-        for k, test_input in enumerate(task.test_inputs):
-            side = prediction_side(task, test_input, config["canvas_size"])
-            placements = rng.random((views, 2)) * (np.arange(views) > 0)[:, None] * config["random_offsets"]
-            offsets = placement_offsets([(side, side)] * views, placements, config["canvas_size"])
-            jobs += [PredictionJob(task, k, training_set.augmentation(index, a), training_set.embedding_id(index, a),
-                                   side, tuple(int(o) for o in offsets[a])) for a in range(views)]
-    return jobs
+    """One job per test input and view, in order: each test input under its task's first `views` augmentations."""
+    task_index = training_set.task_index
+    return [PredictionJob(task, k, training_set.augmentation(task_index[task.id], a),
+                          training_set.embedding_id(task_index[task.id], a),
+                          prediction_side(task, test_input, config["canvas_size"]))
+            for task in tasks for k, test_input in enumerate(task.test_inputs) for a in range(views)]
 
 
 def run_predictions(jobs, predictor, batch_size):
@@ -1355,8 +1316,7 @@ def run_predictions(jobs, predictor, batch_size):
         canvases = encode_grids([augment_grid(jobs[i].task.test_inputs[jobs[i].index], jobs[i].augmentation)
                                  for i in padded], (side, side))
         outputs, chunk_confidences, chunk_colours = predictor(
-            canvases, np.array([jobs[i].embedding_id for i in padded], dtype=np.int64),
-            np.array([jobs[i].offset for i in padded], dtype=np.int64))
+            canvases, np.array([jobs[i].embedding_id for i in padded], dtype=np.int64))
         for i, output, confidence, colours in zip(chunk, outputs, chunk_confidences, chunk_colours):
             grids[i], confidences[i] = decode_grid(output), float(confidence)
             colour_log_probs[i] = colours[:jobs[i].side, :jobs[i].side]
@@ -1391,9 +1351,7 @@ def adaptation_batches(training_set, task_index, config):
     rng = np.random.default_rng([config["seed"], task_index, 2])
     passes = -(-steps * size // len(combos))
     chosen = np.concatenate([rng.permutation(len(combos)) for _ in range(passes)])[:steps * size].reshape(steps, size)
-    placements = rng.random((steps, size, 2)) * config["random_offsets"]
-    return [make_batch(training_set, combos[c, 0], combos[c, 1], config["canvas_size"], placements=placement)
-            for c, placement in zip(chosen, placements)]
+    return [make_batch(training_set, combos[c, 0], combos[c, 1], config["canvas_size"]) for c in chosen]
 
 
 def adapt(model, task, training_set, config, device, amp_dtype):
@@ -2150,9 +2108,9 @@ class EpochBatches:
             return self.plans[epoch, focus]
 
     def build(self, epoch, index, focus):
-        pairs, augmentations, placements = self.of_epoch(epoch, focus)[index]
+        pairs, augmentations = self.of_epoch(epoch, focus)[index]
         batch = make_batch(self.training_set, pairs, augmentations, self.config["canvas_size"], self.distributed.rank,
-                           self.distributed.world_size, placements)
+                           self.distributed.world_size)
         return batch._replace(tensors=host_tensors(batch, self.pin)), len(pairs)
 
     def next(self, state, focus):

@@ -34,26 +34,6 @@ def test_a_canvas_cut_to_the_batch_predicts_what_the_full_canvas_does():
     assert torch.allclose(cut, full[:, :cut_shape[0], :cut_shape[1]], atol=1e-5)
 
 
-def test_a_canvas_at_an_offset_predicts_what_the_grid_drawn_there_on_a_larger_canvas_does():
-    model, grids = model_and_batch()
-    shape = tf.canvas_shape(grids, 12)  # (8, 6): offsets up to (4, 6) keep it on the 12x12 canvas
-    offsets = np.array([[0, 0], [4, 1], [2, 6]])
-    tight = tf.encode_grids(grids, shape).astype(np.int64)
-    drawn = np.full((3, 12, 12), tf.PAD, dtype=np.int64)
-    for canvas, tight_canvas, (row, column) in zip(drawn, tight, offsets):
-        canvas[row:row + shape[0], column:column + shape[1]] = tight_canvas
-    with torch.no_grad():
-        model.task_embedding.weight.normal_()
-        ids = torch.tensor([1, 2, 3])
-        placed = model(torch.from_numpy(tight), ids, offsets=torch.from_numpy(offsets))
-        full = model(torch.from_numpy(drawn), ids)
-        at_corner = model(torch.from_numpy(tight), ids)
-    for i, (row, column) in enumerate(offsets):
-        assert torch.allclose(placed[i], full[i, row:row + shape[0], column:column + shape[1]], atol=1e-5)
-    assert torch.allclose(placed[0], at_corner[0], atol=1e-5)
-    assert not torch.allclose(placed[1:], at_corner[1:], atol=1e-3)
-
-
 def test_task_embeddings_start_at_zero_and_then_condition_the_prediction():
     model, grids = model_and_batch()
     canvases = torch.from_numpy(tf.encode_grids([grids[0]] * 2, (4, 6)).astype(np.int64))
@@ -183,7 +163,7 @@ def test_compiled_blocks_train_and_predict_like_eager_ones():
             run.append(float(tf.train_step(model, optimizers, scaler, batch, 1.0, torch.device("cpu"), None,
                                            CONFIG)[0]))
         tokens, *_ = tf.model_predictor(model, torch.device("cpu"), None)(
-            tf.encode_grids(grids, (12, 12)), np.arange(3), np.zeros((3, 2), np.int64))
+            tf.encode_grids(grids, (12, 12)), np.arange(3))
         losses.append((run, tokens))
     assert np.allclose(losses[0][0], losses[1][0], rtol=1e-4)
     assert np.array_equal(losses[0][1], losses[1][1])

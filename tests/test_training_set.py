@@ -131,7 +131,7 @@ def test_an_epoch_draws_every_pair_once_in_batches_of_similar_size(tmp_path):
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
     assert not np.array_equal(tf.epoch_batches(training_set, config, epoch=4)[0][0], batches[0][0])
     useful = padded = 0
-    for chosen, augmentation_indices, _ in batches:
+    for chosen, augmentation_indices in batches:
         inputs, targets = tf.make_batch(training_set, chosen, augmentation_indices, 30)[:2]
         padded += inputs.size
         useful += sum(max(training_set.inputs[p].size, training_set.outputs[p].size) for p in chosen)
@@ -144,7 +144,7 @@ def test_each_process_builds_only_its_slice_of_a_batch_and_knows_the_whole_batch
     tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
     config = {**CONFIG, "num_augmentations": 8, "batch_size": 13, "canvas_size": canvas_size}
     training_set = tf.build_training_set(tasks, config)
-    for chosen, augmentation_indices, _ in tf.epoch_batches(training_set, config, epoch=0):
+    for chosen, augmentation_indices in tf.epoch_batches(training_set, config, epoch=0):
         whole = tf.make_batch(training_set, chosen, augmentation_indices, canvas_size)
         assert whole.cells == (whole.targets != tf.PAD).sum() and len(whole.inputs) == len(chosen)
         slices = [tf.make_batch(training_set, chosen, augmentation_indices, canvas_size, rank, 3) for rank in range(3)]
@@ -182,24 +182,6 @@ def test_the_dev_benchmark_floors_solve_what_they_should():
     assert scores["rotation/reflection + colour map"]["tasks_solved"] == 11
 
 
-def test_random_offsets_place_each_pair_anywhere_on_the_canvas_and_change_no_cell_of_it(tmp_path):
-    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
-    config = {**CONFIG, "num_augmentations": 8, "batch_size": 13, "canvas_size": 12, "random_offsets": True}
-    training_set = tf.build_training_set(tasks, config)
-    seen = []
-    for chosen, augmentation_indices, placements in tf.epoch_batches(training_set, config, epoch=0):
-        placed = tf.make_batch(training_set, chosen, augmentation_indices, 12, placements=placements)
-        corner = tf.make_batch(training_set, chosen, augmentation_indices, 12)
-        assert corner.offsets is None and all(np.array_equal(a, b) for a, b in zip(placed[:4], corner[:4]))
-        for i, (row, column) in enumerate(placed.offsets):  # each pair's own canvas stays on the 12x12 one
-            height, width = tf.canvas_shape([tf.decode_grid(placed.inputs[i]), tf.decode_grid(placed.targets[i])], 12)
-            assert 0 <= row <= 12 - height and 0 <= column <= 12 - width
-            seen.append((row == 12 - height, column == 12 - width, row == 0))
-    assert np.array(seen).any(axis=0).all()  # the far edges are reached, and the top-left too
-    assert not any(np.any(p) for *_, p in tf.epoch_batches(training_set, {**config, "random_offsets": False}, 0))
-    assert (tf.placement_offsets([(3, 12), (12, 12)], [[0.999, 0.5], [0.999, 0.999]], 12) == [[9, 0], [0, 0]]).all()
-
-
 def test_a_focused_epoch_draws_the_evaluation_and_test_demonstrations_alone():
     tasks, _ = tf.load_tasks({**CONFIG, "data_source": "arc-agi-1"}, local_folder=NOWHERE, kaggle_root=NOWHERE)
     training_set = tf.build_training_set(tasks, CONFIG)
@@ -232,8 +214,8 @@ def test_batches_built_ahead_on_a_thread_are_the_ones_of_their_place(tmp_path):
     state, last = tf.TrainState(), len(tf.epoch_batches(training_set, config, 0)) - 1
 
     def expected(epoch, index, focus):
-        pairs, augmentations, placements = tf.epoch_batches(training_set, config, epoch, focus)[index]
-        return tf.make_batch(training_set, pairs, augmentations, 30, placements=placements)
+        pairs, augmentations = tf.epoch_batches(training_set, config, epoch, focus)[index]
+        return tf.make_batch(training_set, pairs, augmentations, 30)
 
     for rollback in (False, True):
         for asked_focus in [False] * (last + 1 - state.batch) + [True] * 2:  # epoch 0, then a focused epoch 1

@@ -70,7 +70,7 @@ def test_predictions_that_did_not_decode_take_no_part():
     assert np.array_equal(nothing.attempts[0], TEST_INPUT) and nothing.votes == (0, 0)
 
 
-def scale_up_predictor(canvases, embedding_ids, offsets):
+def scale_up_predictor(canvases, embedding_ids):
     """A model that knows its rule: every cell becomes a 2x2 block. The rule commutes with every
     augmentation, so each augmented prediction maps back to the same grid."""
     outputs = []
@@ -99,27 +99,10 @@ def predict_with_copies(tmp_path, batch_size):
     config = {**tf.CONFIG, "num_augmentations": 4, "vote_augmentations": 3, "batch_size": batch_size}
     calls = []
 
-    def copy_predictor(canvases, embedding_ids, offsets):
+    def copy_predictor(canvases, embedding_ids):
         calls.append(len(canvases))
         return canvases.copy(), np.zeros(len(canvases)), certain(canvases)
     return tasks, tf.predict_tasks(tasks["evaluation"], tf.build_training_set(tasks, config), copy_predictor, config), calls
-
-
-def test_views_after_the_first_are_drawn_at_random_offsets_and_read_back_from_there(tmp_path):
-    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
-    config = {**tf.CONFIG, "num_augmentations": 8, "vote_augmentations": 8, "random_offsets": True}
-    training_set = tf.build_training_set(tasks, config)
-    seen = []
-
-    def at_offsets(canvases, embedding_ids, offsets):
-        seen.extend(tuple(offset) for offset in offsets)
-        return scale_up_predictor(canvases, embedding_ids, offsets)
-    votes = tf.predict_tasks(tasks["evaluation"], training_set, at_offsets, config)
-    assert all(vote.votes[0] == 8 for vote in votes["evalB"])  # every view read back to the same grid
-    jobs = tf.prediction_jobs(tasks["evaluation"], training_set, config, 8)
-    assert sorted(seen) == sorted(job.offset for job in jobs)
-    assert all(job.offset == (0, 0) for job in jobs[::8]) and sum(job.offset != (0, 0) for job in jobs) > len(jobs) / 2
-    assert all(0 <= offset <= 30 - job.side for job in jobs for offset in job.offset)
 
 
 def test_predictions_are_batched_and_grouped_back_per_test_input(tmp_path):
