@@ -1969,17 +1969,6 @@ def seconds_per_adaptation(model, tasks, training_set, config, device, amp_dtype
     return (time.perf_counter() - start) / len(sample) * config["adapt_steps"] / steps
 
 
-def time_the_end(run, views):
-    """(seconds per prediction, seconds per task adaptation) of the run's end, timed now, on this process."""
-    predicted = run.evaluation + run.unscored + run.test_tasks
-    predictor = model_predictor(run.model, run.device, run.amp_dtype)
-    prediction = seconds_per_prediction(predictor, prediction_jobs(predicted, run.training_set, run.config, views),
-                                        run.config["batch_size"])
-    adapted = list({task.id: task for task in predicted}.values())
-    return prediction, seconds_per_adaptation(run.model, adapted, run.training_set, run.config, run.device,
-                                              run.amp_dtype)
-
-
 class RunPaths(NamedTuple):
     last: str            # checkpoint_dir/last.pt, to resume
     best: str            # checkpoint_dir/best.pt, the best evaluation's weights
@@ -2407,16 +2396,6 @@ def count_skipped_steps(run, state, clock, progress, skipped, longest, in_a_row)
     return True
 
 
-def retime_the_end(run, state, costs, progress):
-    """Time the end's prediction and adaptation again on the trained weights, and say what that changed."""
-    kept = costs.final_seconds()
-    costs.prediction, costs.adapt_task = time_the_end(run, costs.views)
-    progress.write(f"step {state.step}: the end timed again, about {costs.final_seconds():.0f}s kept for it "
-                   f"(was {kept:.0f}s)")
-    record(run, {"kind": "end timed", "step": state.step, "prediction": costs.prediction,
-                 "adapt_task": costs.adapt_task, "kept": costs.final_seconds(), "was": kept})
-
-
 def training_loop(run, state, clock, costs, stop_signals, progress):
     """Train until the epochs are done or a stop is decided; returns why training ended."""
     config = run.config
@@ -2426,10 +2405,6 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
         total_steps = min(total_steps, config["max_steps"] or total_steps)
         interval, decision = Interval(), None
         began, recent = state.step, collections.deque(maxlen=31)  # this process's first step, its recent steps' seconds
-        # The end is timed again halfway through this process's training: inside a run the same adaptation ran
-        # 1.1-1.3x slower than timed at its start, and the start's timing swung by a third between runs of one
-        # command (EXPERIMENTS.md, session 16), so the end was either late or left training time unused.
-        retime_at = (1 + training_progress(state, clock, costs, total_steps)) / 2
         # Epochs differ in their number of batches, so total_steps only estimates their count: max_steps alone
         # stops by steps.
         while state.epoch < config["epochs"] and not (config["max_steps"] and state.step >= config["max_steps"]):
@@ -2442,9 +2417,6 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
                     evaluate(run, state, clock, costs, "eval", progress)
                 if decision.stop:
                     return decision.stop
-            if progress_fraction >= retime_at:
-                retime_at = math.inf
-                retime_the_end(run, state, costs, progress)
             started = time.perf_counter()
             if state.batch == 0 and decision.focus and not state.focus:
                 progress.write(f"epoch {state.epoch}: the last {config['focus_fraction']:.0%} of the budget trains on "
@@ -2526,9 +2498,12 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
         print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
     predicted = run.evaluation + run.unscored + run.test_tasks
     views = config["vote_augmentations"]
-    prediction, adapt_task = time_the_end(run, views)
-    costs = Costs(prediction, num_inputs(predicted), views, adapt_tasks=len({t.id for t in predicted}),
-                  adapt_task=adapt_task)
+    adapted = list({t.id: t for t in predicted}.values())
+    costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
+                                         prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
+                  num_inputs(predicted), views, adapt_tasks=len(adapted),
+                  adapt_task=seconds_per_adaptation(run.model, adapted, training_set, config, run.device,
+                                                    run.amp_dtype))
     costs.views = fitting_views(costs, clock, views)
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "
