@@ -27,8 +27,8 @@ PRESETS = {
         "embed_dim": 128,
         "num_layers": 4,
         "num_heads": 2,
-        # 16 pairs a step: 14% fewer samples a second than 32 but 60% more steps, 32.0 tasks against 28.0 (four seeds,
-        # each higher: +4, +5, +6, +1; EXPERIMENTS.md, session 17)
+        # 16 pairs a step: 14% fewer samples a second than 32 but 60% more steps, 32.3 tasks against 29.2 (six seeds,
+        # five higher; inside the baseline's range of 7: EXPERIMENTS.md, session 17)
         "batch_size": 16,
         "num_augmentations": 8,
         "vote_augmentations": 8,
