@@ -2209,7 +2209,8 @@ def evaluate(run, state, clock, costs, kind, progress):
     best answers so far, whatever ends the run later; if best.pt cannot be written, the score does not
     count as the best."""
     start = time.perf_counter()
-    later = [task for task in run.test_tasks if task.id not in reusable(run)]
+    reused = reusable(run)
+    later = [task for task in run.test_tasks if task.id not in reused]
     votes, adapting, skipped = adapted_votes(
         run.model, run.evaluation, run.training_set, run.config, run.device, run.amp_dtype, costs.views,
         adaptation_deadline(clock, costs, num_inputs(run.evaluation + later), len(later)))
