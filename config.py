@@ -28,7 +28,8 @@ PRESETS = {
         "num_layers": 4,
         "num_heads": 2,
         # 16 pairs a step: 14% fewer samples a second than 32 but 60% more steps, 32.3 tasks against 29.2 (six seeds,
-        # five higher; inside the baseline's range of 7: EXPERIMENTS.md, session 17)
+        # five higher; inside the baseline's range of 7: EXPERIMENTS.md, session 17); 8 pairs solved no more (29.75
+        # against 30.5, four seeds, session 18)
         "batch_size": 16,
         "num_augmentations": 8,
         "vote_augmentations": 8,
