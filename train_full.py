@@ -51,8 +51,6 @@ CONFIG = {
     "canvas_size": 30,           # side of the square canvas every grid is drawn on; 30 holds every ARC grid
     "num_augmentations": 32,     # distinct augmentations per task (the identity first), each its own task embedding
     "vote_augmentations": 8,     # augmentations each test input is predicted under before voting (<= num_augmentations)
-    "inverse_tasks": False,      # every task also trains backwards (output -> input) as a task of its own, never
-                                 # predicted: twice the distinct tasks for the shared weights
     # model
     "embed_dim": 256,            # transformer width
     "num_layers": 6,             # transformer blocks
@@ -104,7 +102,6 @@ CONFIG = {
 }
 
 SPLITS = ("training", "evaluation", "test")
-INVERSE_SUFFIX = ":inverse"       # the id of a task trained backwards (inverse_tasks)
 MAX_GRID_SIDE = 30                # ARC grids are 1x1 to 30x30
 KAGGLE_INPUT = "/kaggle/input"
 KAGGLE_WORKING = "/kaggle/working"
@@ -663,16 +660,6 @@ def build_training_set(tasks, config):
                 inputs.append(grid_in)
                 outputs.append(grid_out)
                 pair_task.append(index)
-    if config["inverse_tasks"]:  # from the pairs kept above, so an inverse holds no more than its task does
-        forward_ids = list(task_index)
-        for pair in range(len(inputs)):
-            inverse_id = forward_ids[pair_task[pair]] + INVERSE_SUFFIX
-            if inverse_id not in task_index:
-                task_index[inverse_id] = len(task_index)
-                task_splits.append("training")  # never predicted, and not in the focus phase
-            inputs.append(outputs[pair])
-            outputs.append(inputs[pair])
-            pair_task.append(task_index[inverse_id])
     tables = [augmentation_table(config["num_augmentations"], config["seed"], task_id) for task_id in task_index]
     return TrainingSet(list(task_index), task_splits, inputs, outputs, np.array(pair_task, dtype=np.int64),
                        np.stack([t[0] for t in tables]), np.stack([t[1] for t in tables]), num_dropped)

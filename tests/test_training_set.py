@@ -41,14 +41,12 @@ def test_the_leak_detector_finds_a_marker_planted_in_training(tmp_path):
     assert holds_marker(tf.build_training_set(tasks, CONFIG))
 
 
-@pytest.mark.parametrize("inverse_tasks", [False, True])
-def test_evaluation_and_test_outputs_never_reach_the_training_set(tmp_path, inverse_tasks):
+def test_evaluation_and_test_outputs_never_reach_the_training_set(tmp_path):
     folder = planted_kaggle_folder(str(tmp_path), [("evaluation", "evalB", 2), ("test", "hidden1", 1)])
     tasks = tf.load_kaggle_folder(folder)
     assert tasks["evaluation"][1].test_outputs[2].shape == (23, 17)  # the answers were loaded...
     assert tasks["test"][0].test_outputs[1].shape == (23, 17)
-    config = {**CONFIG, "inverse_tasks": inverse_tasks}
-    assert not holds_marker(tf.build_training_set(tasks, config))   # ...and never trained on, either way round
+    assert not holds_marker(tf.build_training_set(tasks, CONFIG))   # ...and never trained on
 
 
 def test_repository_evaluation_outputs_never_reach_the_training_set(tmp_path):
@@ -231,20 +229,3 @@ def test_batches_built_ahead_on_a_thread_are_the_ones_of_their_place(tmp_path):
         assert state.epoch >= 1 and state.focus and batches.ahead is not None
         state.epoch, state.batch, state.focus = 0, 1, False  # a rollback: last.pt's place
     batches.close()
-
-
-def test_inverse_tasks_train_each_kept_pair_backwards_as_a_task_that_is_never_predicted(tmp_path):
-    data = small_dataset()
-    data["training"]["copy"] = data["evaluation"]["evalA"]  # its test pair is dropped, so it has no inverse either
-    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), data))
-    forward = tf.build_training_set(tasks, CONFIG)
-    both = tf.build_training_set(tasks, {**CONFIG, "inverse_tasks": True})
-    assert both.task_ids == forward.task_ids + [i + tf.INVERSE_SUFFIX for i in forward.task_ids]
-    assert both.task_splits == forward.task_splits + ["training"] * len(forward.task_ids)
-    kept = len(forward.inputs)
-    assert len(both.inputs) == 2 * kept
-    for pair in range(kept):
-        assert both.inputs[kept + pair] is forward.outputs[pair] and both.outputs[kept + pair] is forward.inputs[pair]
-        assert both.pair_task[kept + pair] == forward.pair_task[pair] + len(forward.task_ids)
-    focused = np.concatenate([b[0] for b in tf.epoch_batches(both, CONFIG, epoch=0, focus=True)])
-    assert focused.max() < kept  # the focus phase trains the held-out tasks forwards alone
