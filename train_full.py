@@ -49,7 +49,8 @@ CONFIG = {
     "data_source": "arc-agi-2",  # embedded data when no folder is found: arc-agi-2 (Kaggle 2025), arc-agi-1, kaggle2024
     # canvas and augmentation
     "canvas_size": 30,           # side of the square canvas every grid is drawn on; 30 holds every ARC grid
-    "num_augmentations": 32,     # distinct augmentations per task (the identity first), each its own task embedding
+    "num_augmentations": 32,     # distinct augmentations per task (the identity first), each its own task embedding,
+                                 # added to the identity's, which all of the task's augmentations train
     "vote_augmentations": 8,     # augmentations each test input is predicted under before voting (<= num_augmentations)
     # model
     "embed_dim": 256,            # transformer width
@@ -721,10 +722,11 @@ class Batch(NamedTuple):
     """A batch as one process trains on it: its slice of the pairs as int64 arrays, and what weighs them."""
     inputs: np.ndarray          # (B, H, W) input canvases
     targets: np.ndarray         # (B, H, W) target canvases
-    embedding_ids: np.ndarray   # (B,)
+    embedding_ids: np.ndarray   # (B,) each pair's task-embedding row: its (task, augmentation)
     cells: int = 0              # cells carrying a loss in the whole batch, every process's slice (0: those here)
     weight: float = 1.0         # 0 for a process with no pair of this batch: it runs one, which counts for nothing
-    rows: np.ndarray | None = None  # the task-embedding rows of the whole batch, sorted (None: those of this slice)
+    rows: np.ndarray | None = None  # the task-embedding rows of the whole batch and their tasks' shared rows, sorted
+                                    # (None: those of this slice)
     tensors: tuple | None = None    # host_tensors of the above, made ahead of the step (None: train_step makes them)
 
 
@@ -747,18 +749,26 @@ def make_batch(training_set, pairs, augmentation_indices, canvas_size, rank=0, w
     transposed = swaps_sides(training_set.dihedral[training_set.pair_task[pairs], augmentation_indices])
     cells = sum(loss_cells(*(training_set.outputs[p].shape[::-1] if turn else training_set.outputs[p].shape), canvas_size)
                 for p, turn in zip(pairs, transposed))
-    rows = np.unique(training_set.pair_task[pairs] * training_set.num_augmentations + augmentation_indices)
+    rows = np.unique(with_shared_rows(training_set.pair_task[pairs] * training_set.num_augmentations
+                                      + augmentation_indices, training_set.num_augmentations))
     return Batch(inputs.astype(np.int64), targets.astype(np.int64),
                  np.array([e[2] for e in examples], dtype=np.int64), int(cells), weight, rows)
 
 
-def host_tensors(batch, pin=False):
-    """(inputs, targets, each pair's position among the rows, the rows) of a Batch as CPU tensors; with `pin`
-    in page-locked memory, for a CUDA device: a copy from ordinary memory first waits for everything queued
-    on the device (a sync every step), one from page-locked memory is queued like a kernel."""
-    rows = np.unique(batch.embedding_ids) if batch.rows is None else batch.rows
+def with_shared_rows(embedding_ids, num_augmentations):
+    """(..., 2): each task-embedding row beside its task's shared row (the row of the task's identity view)."""
+    return np.stack([embedding_ids, embedding_ids - embedding_ids % num_augmentations], -1)
+
+
+def host_tensors(batch, num_augmentations, pin=False):
+    """(inputs, targets, the positions among the rows of each pair's row and its task's shared row (B, 2), the
+    rows) of a Batch as CPU tensors; with `pin` in page-locked memory, for a CUDA device: a copy from ordinary
+    memory first waits for everything queued on the device (a sync every step), one from page-locked memory
+    is queued like a kernel."""
+    both = with_shared_rows(batch.embedding_ids, num_augmentations)
+    rows = np.unique(both) if batch.rows is None else batch.rows
     tensors = [torch.from_numpy(np.ascontiguousarray(array)) for array in
-               (batch.inputs, batch.targets, np.searchsorted(rows, batch.embedding_ids), rows)]
+               (batch.inputs, batch.targets, np.searchsorted(rows, both), rows)]
     return tuple(tensor.pin_memory() if pin else tensor for tensor in tensors)
 
 
@@ -832,6 +842,7 @@ class ARCTransformer(nn.Module):
     def __init__(self, config, num_embeddings):
         super().__init__()
         dim, self.num_prefix_tokens = config["embed_dim"], config["num_prefix_tokens"]
+        self.num_augmentations = config["num_augmentations"]
         # A batch touches a few hundred of the (task, augmentation) rows: training passes those rows alone
         # (forward's task_rows) and RowAdam updates them, instead of sweeping a table that can hold tens of
         # millions of numbers. The table itself takes no gradient.
@@ -854,13 +865,21 @@ class ARCTransformer(nn.Module):
         nn.init.zeros_(self.task_embedding.weight)
 
     def forward(self, canvases, embedding_ids, task_rows=None):
-        """Logits (B, H, W, VOCAB_SIZE) for the output canvas from input canvases (B, H, W). embedding_ids
-        index the task-embedding table, or `task_rows` (some of its rows, to take their gradient) if given."""
+        """Logits (B, H, W, VOCAB_SIZE) for the output canvas from input canvases (B, H, W). embedding_ids (B,)
+        are rows of the task-embedding table; with `task_rows` (some of its rows, to take their gradient) they
+        are (B, 2): the positions among those of each pair's row and of its task's shared row."""
         batch, height, width = canvases.shape
         x = (self.token_embedding(canvases) + self.row_embedding.weight[:height, None]
              + self.column_embedding.weight[None, :width]).view(batch, height * width, -1)
-        table = self.task_embedding.weight if task_rows is None else task_rows
-        prefix = F.embedding(embedding_ids, table).view(batch, self.num_prefix_tokens, -1) + self.prefix_position
+        if task_rows is None:
+            table, own = self.task_embedding.weight, embedding_ids
+            shared = embedding_ids - embedding_ids % self.num_augmentations
+        else:
+            table, (own, shared) = task_rows, embedding_ids.unbind(-1)
+        # The row of a task's identity view is shared by all its views: each other view adds its own row to it, so
+        # what the views of a task have in common learns from every one of them (EXPERIMENTS.md, session 19).
+        prefix = F.embedding(own, table) + F.embedding(shared, table) * (own != shared)[:, None].to(table.dtype)
+        prefix = prefix.view(batch, self.num_prefix_tokens, -1) + self.prefix_position
         x = torch.cat([prefix.to(x.dtype), x], dim=1)
         # PAD cells are masked as keys: the grid's representation then does not depend on how much
         # padding the batch has, so a cut canvas predicts exactly what the full one does.
@@ -1138,7 +1157,8 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
     # process with no pair of this batch still runs one at zero weight: every process must join each exchange.
     scale = distributed.world_size * batch.weight
     # The task-embedding rows the batch touches, the same on every process: the table's gradient is theirs.
-    inputs, targets, positions, rows = batch.tensors or host_tensors(batch, pin=device.type == "cuda")
+    inputs, targets, positions, rows = batch.tensors or host_tensors(batch, config["num_augmentations"],
+                                                                     pin=device.type == "cuda")
     rows = rows.to(device, non_blocking=True)
     task_rows = getattr(model, "module", model).task_embedding.weight.index_select(0, rows).requires_grad_()
     parts = [part for part in np.array_split(np.arange(len(batch.inputs)), micro_batches) if len(part)]
@@ -2111,7 +2131,7 @@ class EpochBatches:
         pairs, augmentations = self.of_epoch(epoch, focus)[index]
         batch = make_batch(self.training_set, pairs, augmentations, self.config["canvas_size"], self.distributed.rank,
                            self.distributed.world_size)
-        return batch._replace(tensors=host_tensors(batch, self.pin)), len(pairs)
+        return batch._replace(tensors=host_tensors(batch, self.config["num_augmentations"], self.pin)), len(pairs)
 
     def next(self, state, focus):
         """(this process's Batch at the state's place, the whole batch's number of pairs). An epoch takes

@@ -45,6 +45,31 @@ def test_task_embeddings_start_at_zero_and_then_condition_the_prediction():
     assert not torch.allclose(different[0], different[1])
 
 
+def test_each_view_adds_its_own_row_to_its_tasks_shared_row_which_learns_from_every_view():
+    model, grids = model_and_batch()  # 32 augmentations a task: rows 0-31 are task 0's, 32-63 task 1's
+    model.task_embedding = torch.nn.Embedding(64, model.task_embedding.weight.shape[1])
+    model.task_embedding.weight.requires_grad_(False)
+    canvases = torch.from_numpy(tf.encode_grids([grids[0]] * 4, (4, 6)).astype(np.int64))
+    table = model.task_embedding.weight
+    with torch.no_grad():
+        table.normal_()
+        ids = torch.tensor([0, 5, 37, 32])
+        by_table = model(canvases, ids)
+        rows = torch.tensor([0, 5, 32, 37])  # the training path: the touched rows, each pair's two positions
+        by_rows = model(canvases, torch.tensor([[0, 0], [1, 0], [3, 2], [2, 2]]), table[rows])
+        assert torch.allclose(by_table, by_rows, atol=1e-6)
+        table[0] = 0.0  # task 0's shared row: view 5 changes with it, task 1's views do not
+        after = model(canvases, ids)
+    assert not torch.allclose(after[1], by_table[1]) and torch.allclose(after[2:], by_table[2:], atol=1e-6)
+    optimizers = tf.make_optimizers(model, CONFIG)
+    before = table.clone()
+    batch = tf.Batch(canvases[:1].numpy(), canvases[:1].numpy(), np.array([37]))
+    tf.train_step(model, optimizers, torch.amp.GradScaler("cpu", enabled=False), batch, 1.0, torch.device("cpu"),
+                  None, CONFIG)
+    moved = (table != before).any(-1).nonzero().flatten().tolist()
+    assert moved == [32, 37]  # a step on view 5 of task 1 trains its row and the task's shared row
+
+
 def test_pad_targets_carry_no_loss():
     logits = torch.randn(1, 3, 3, tf.VOCAB_SIZE)  # (batch, height, width, vocabulary)
     targets = torch.from_numpy(tf.encode_grid(np.array([[1]], np.uint8), (3, 3)).astype(np.int64))[None]
