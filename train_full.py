@@ -205,8 +205,9 @@ def parse_config(argv, defaults=CONFIG, presets=None):
         raise ConfigError(f"max_steps must be 0 (no bound) or more, got {config['max_steps']}")
     if config["target_runtime_hours"] <= 0:
         raise ConfigError(f"target_runtime_hours must be positive, got {config['target_runtime_hours']}")
-    if not 1 <= config["vote_augmentations"] <= NUM_DISTINCT_AUGMENTATIONS:
-        raise ConfigError(f"vote_augmentations must be 1..{NUM_DISTINCT_AUGMENTATIONS}, got {config['vote_augmentations']}")
+    if not 1 <= config["vote_augmentations"] <= config["num_augmentations"]:
+        raise ConfigError("vote_augmentations must be 1..num_augmentations, got "
+                          f"{config['vote_augmentations']} with num_augmentations={config['num_augmentations']}")
     return config
 
 
@@ -1334,27 +1335,13 @@ class PredictionJob(NamedTuple):
     side: int                   # of its canvas
 
 
-def task_views(training_set, task_index, views, seed):
-    """[(augmentation, embedding id)] of a task's first `views` views. Those past its trained augmentations
-    continue its augmentation table; having no row of their own, they are told by the task's shared row and
-    the view table alone."""
-    trained = min(views, training_set.num_augmentations)
-    chosen = [(training_set.augmentation(task_index, a), training_set.embedding_id(task_index, a)) for a in range(trained)]
-    if views > trained:
-        dihedral, colours = augmentation_table(views, seed, training_set.task_ids[task_index])
-        chosen += [(Augmentation(int(dihedral[a]), tuple(int(c) for c in colours[a])),
-                    training_set.embedding_id(task_index, 0)) for a in range(trained, views)]
-    return chosen
-
-
 def prediction_jobs(tasks, training_set, config, views):
-    """One job per test input and view, in order: each test input under its task's first `views` views."""
-    jobs = []
-    for task in tasks:
-        chosen = task_views(training_set, training_set.task_index[task.id], views, config["seed"])
-        jobs += [PredictionJob(task, k, augmentation, embedding_id, prediction_side(task, test_input, config["canvas_size"]))
-                 for k, test_input in enumerate(task.test_inputs) for augmentation, embedding_id in chosen]
-    return jobs
+    """One job per test input and view, in order: each test input under its task's first `views` augmentations."""
+    task_index = training_set.task_index
+    return [PredictionJob(task, k, training_set.augmentation(task_index[task.id], a),
+                          training_set.embedding_id(task_index[task.id], a),
+                          prediction_side(task, test_input, config["canvas_size"]))
+            for task in tasks for k, test_input in enumerate(task.test_inputs) for a in range(views)]
 
 
 def run_predictions(jobs, predictor, batch_size):
