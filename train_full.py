@@ -544,17 +544,6 @@ def invert_augmentation(augmentation):
     return Augmentation(dihedral, tuple(int(c) for c in np.argsort(augmentation.colours)))
 
 
-NUM_VIEW_ROWS = 8 + 9 * 9  # the view table: a row per rotation/reflection, and one per (colour, the colour it becomes)
-
-
-def view_rows(dihedral, colours):
-    """(..., 10) rows of the view table for views given as dihedral (...) and colours (..., 10): the view's
-    rotation/reflection, then where each of the colours 1..9 goes. Shared by every task, these rows say how a
-    view differs from its task's identity view."""
-    dihedral, colours = np.asarray(dihedral, dtype=np.int64), np.asarray(colours, dtype=np.int64)
-    return np.concatenate([dihedral[..., None], 8 + 9 * np.arange(9) + colours[..., 1:] - 1], -1)
-
-
 def swaps_sides(dihedral):
     """Whether dihedral transform(s) swap a grid's height and width: a transpose and an odd rotation each do."""
     return (np.asarray(dihedral) >= 4) != (np.asarray(dihedral) % 2 == 1)
@@ -739,7 +728,6 @@ class Batch(NamedTuple):
     rows: np.ndarray | None = None  # the task-embedding rows of the whole batch and their tasks' shared rows, sorted
                                     # (None: those of this slice)
     tensors: tuple | None = None    # host_tensors of the above, made ahead of the step (None: train_step makes them)
-    views: np.ndarray | None = None  # (B, 10) each pair's view_rows (None: the identity view)
 
 
 def loss_cells(height, width, canvas_size):
@@ -763,11 +751,8 @@ def make_batch(training_set, pairs, augmentation_indices, canvas_size, rank=0, w
                 for p, turn in zip(pairs, transposed))
     rows = np.unique(with_shared_rows(training_set.pair_task[pairs] * training_set.num_augmentations
                                       + augmentation_indices, training_set.num_augmentations))
-    taken = mine if len(mine) else [0]
-    tasks, augmentations = training_set.pair_task[pairs[taken]], augmentation_indices[taken]
-    views = view_rows(training_set.dihedral[tasks, augmentations], training_set.colours[tasks, augmentations])
     return Batch(inputs.astype(np.int64), targets.astype(np.int64),
-                 np.array([e[2] for e in examples], dtype=np.int64), int(cells), weight, rows, views=views)
+                 np.array([e[2] for e in examples], dtype=np.int64), int(cells), weight, rows)
 
 
 def with_shared_rows(embedding_ids, num_augmentations):
@@ -782,10 +767,8 @@ def host_tensors(batch, num_augmentations, pin=False):
     is queued like a kernel."""
     both = with_shared_rows(batch.embedding_ids, num_augmentations)
     rows = np.unique(both) if batch.rows is None else batch.rows
-    views = view_rows(np.zeros(len(both), np.int64), np.tile(np.arange(10), (len(both), 1))) if batch.views is None \
-        else batch.views
     tensors = [torch.from_numpy(np.ascontiguousarray(array)) for array in
-               (batch.inputs, batch.targets, np.searchsorted(rows, both), rows, views)]
+               (batch.inputs, batch.targets, np.searchsorted(rows, both), rows)]
     return tuple(tensor.pin_memory() if pin else tensor for tensor in tensors)
 
 
@@ -865,7 +848,6 @@ class ARCTransformer(nn.Module):
         # millions of numbers. The table itself takes no gradient.
         self.task_embedding = nn.Embedding(num_embeddings, self.num_prefix_tokens * dim)
         self.task_embedding.weight.requires_grad_(False)
-        self.view_embedding = nn.Embedding(NUM_VIEW_ROWS, self.num_prefix_tokens * dim)
         self.prefix_position = nn.Parameter(torch.randn(self.num_prefix_tokens, dim) * 0.02)
         self.token_embedding = nn.Embedding(VOCAB_SIZE, dim)
         self.row_embedding = nn.Embedding(config["canvas_size"], dim)
@@ -881,9 +863,8 @@ class ARCTransformer(nn.Module):
                 nn.init.normal_(parameter, std=0.02)
         # Zero: an unseen task starts from the shared model's behaviour, not from noise.
         nn.init.zeros_(self.task_embedding.weight)
-        nn.init.zeros_(self.view_embedding.weight)
 
-    def forward(self, canvases, embedding_ids, task_rows=None, views=None):
+    def forward(self, canvases, embedding_ids, task_rows=None):
         """Logits (B, H, W, VOCAB_SIZE) for the output canvas from input canvases (B, H, W). embedding_ids (B,)
         are rows of the task-embedding table; with `task_rows` (some of its rows, to take their gradient) they
         are (B, 2): the positions among those of each pair's row and of its task's shared row."""
@@ -898,8 +879,6 @@ class ARCTransformer(nn.Module):
         # The row of a task's identity view is shared by all its views: each other view adds its own row to it, so
         # what the views of a task have in common learns from every one of them (EXPERIMENTS.md, session 19).
         prefix = F.embedding(own, table) + F.embedding(shared, table) * (own != shared)[:, None].to(table.dtype)
-        if views is not None:
-            prefix = prefix + F.embedding_bag(views, self.view_embedding.weight, mode="sum")
         prefix = prefix.view(batch, self.num_prefix_tokens, -1) + self.prefix_position
         x = torch.cat([prefix.to(x.dtype), x], dim=1)
         # PAD cells are masked as keys: the grid's representation then does not depend on how much
@@ -1178,7 +1157,7 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
     # process with no pair of this batch still runs one at zero weight: every process must join each exchange.
     scale = distributed.world_size * batch.weight
     # The task-embedding rows the batch touches, the same on every process: the table's gradient is theirs.
-    inputs, targets, positions, rows, views = batch.tensors or host_tensors(batch, config["num_augmentations"],
+    inputs, targets, positions, rows = batch.tensors or host_tensors(batch, config["num_augmentations"],
                                                                      pin=device.type == "cuda")
     rows = rows.to(device, non_blocking=True)
     task_rows = getattr(model, "module", model).task_embedding.weight.index_select(0, rows).requires_grad_()
@@ -1186,13 +1165,12 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
     total_loss = total_accuracy = 0.0
     for i, part in enumerate(parts):
         whole = len(parts) == 1  # a part is a copy, in ordinary memory; the whole batch is sent as it is
-        inputs_part, targets_part, ids, views_part = (
-            (t if whole else t[torch.from_numpy(part)]).to(device, non_blocking=True)
-            for t in (inputs, targets, positions, views))
+        inputs_part, targets_part, ids = ((t if whole else t[torch.from_numpy(part)]).to(device, non_blocking=True)
+                                          for t in (inputs, targets, positions))
         last = i == len(parts) - 1
         with (model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()):
             with autocast(device, amp_dtype):
-                logits = model(inputs_part, ids, task_rows, views_part)
+                logits = model(inputs_part, ids, task_rows)
             loss, accuracy = masked_loss_and_accuracy(logits, targets_part)
             share = counted[part].sum() / cells
             scaler.scale(loss * scale * share).backward()
@@ -1296,11 +1274,11 @@ def model_predictor(model, device, amp_dtype):
     log-probabilities (n, height, width, 10) in float16), where a confidence is the mean log-probability
     of the predicted cells of the decoded grid and its markers."""
     @torch.no_grad()
-    def predict(canvases, embedding_ids, views):
+    def predict(canvases, embedding_ids):
         model.eval()
         with autocast(device, amp_dtype):
             logits = model(torch.from_numpy(canvases.astype(np.int64)).to(device),
-                           torch.from_numpy(embedding_ids).to(device), views=torch.from_numpy(views).to(device))
+                           torch.from_numpy(embedding_ids).to(device))
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         best_log_prob, tokens = log_probs.max(dim=-1)
         colours = log_probs[..., COLOUR_OFFSET:].half().cpu().numpy()
@@ -1358,8 +1336,7 @@ def run_predictions(jobs, predictor, batch_size):
         canvases = encode_grids([augment_grid(jobs[i].task.test_inputs[jobs[i].index], jobs[i].augmentation)
                                  for i in padded], (side, side))
         outputs, chunk_confidences, chunk_colours = predictor(
-            canvases, np.array([jobs[i].embedding_id for i in padded], dtype=np.int64),
-            view_rows([jobs[i].augmentation.dihedral for i in padded], [jobs[i].augmentation.colours for i in padded]))
+            canvases, np.array([jobs[i].embedding_id for i in padded], dtype=np.int64))
         for i, output, confidence, colours in zip(chunk, outputs, chunk_confidences, chunk_colours):
             grids[i], confidences[i] = decode_grid(output), float(confidence)
             colour_log_probs[i] = colours[:jobs[i].side, :jobs[i].side]

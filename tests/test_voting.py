@@ -70,7 +70,7 @@ def test_predictions_that_did_not_decode_take_no_part():
     assert np.array_equal(nothing.attempts[0], TEST_INPUT) and nothing.votes == (0, 0)
 
 
-def scale_up_predictor(canvases, embedding_ids, views):
+def scale_up_predictor(canvases, embedding_ids):
     """A model that knows its rule: every cell becomes a 2x2 block. The rule commutes with every
     augmentation, so each augmented prediction maps back to the same grid."""
     outputs = []
@@ -99,7 +99,7 @@ def predict_with_copies(tmp_path, batch_size):
     config = {**tf.CONFIG, "num_augmentations": 4, "vote_augmentations": 3, "batch_size": batch_size}
     calls = []
 
-    def copy_predictor(canvases, embedding_ids, views):
+    def copy_predictor(canvases, embedding_ids):
         calls.append(len(canvases))
         return canvases.copy(), np.zeros(len(canvases)), certain(canvases)
     return tasks, tf.predict_tasks(tasks["evaluation"], tf.build_training_set(tasks, config), copy_predictor, config), calls
