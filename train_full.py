@@ -55,7 +55,7 @@ CONFIG = {
     # model
     "embed_dim": 256,            # transformer width
     "num_layers": 6,             # transformer blocks
-    "num_heads": 4,              # attention heads (embed_dim must divide by it); 64 per head runs fastest
+    "num_heads": 4,              # attention heads (embed_dim must divide by it, evenly); 64 per head runs fastest
     "mlp_ratio": 4.0,            # SwiGLU hidden width, as a multiple of embed_dim (times 2/3)
     "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
     # training
@@ -195,8 +195,9 @@ def parse_config(argv, defaults=CONFIG, presets=None):
         raise ConfigError(f"canvas_size must be 1..{MAX_GRID_SIDE + 1}, got {config['canvas_size']}")
     if config["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {config['dtype']!r}")
-    if config["embed_dim"] % config["num_heads"]:
-        raise ConfigError(f"embed_dim ({config['embed_dim']}) must divide by num_heads ({config['num_heads']})")
+    if config["embed_dim"] % (2 * config["num_heads"]):
+        raise ConfigError(f"embed_dim ({config['embed_dim']}) must divide by num_heads ({config['num_heads']}) into an "
+                          "even head width (rotary positions turn its features in pairs)")
     for key in ("batch_size", "adapt_batch_size", "num_layers", "num_prefix_tokens", "warmup_steps",
                 "log_every_n_steps", "epochs", "max_nonfinite_steps"):
         if config[key] < 1:
@@ -774,7 +775,8 @@ def host_tensors(batch, num_augmentations, pin=False):
 
 # -----------------------------------------------------------------------------
 # The model: a pre-norm transformer encoder over the input canvas, conditioned on its (task, augmentation)
-# by prefix tokens from a learned embedding, predicting every cell of the output canvas at once.
+# by prefix tokens from a learned embedding, predicting every cell of the output canvas at once. A cell knows
+# its place by learned row and column embeddings, and attends by its offset to others (2-D rotary positions).
 
 # Attention that takes a gradient over fewer tokens than this is written out when it runs in bf16 on a CPU:
 # there the fused kernel's backward runs 3x slower than three plain operations (measured at 50-150 tokens; a
@@ -795,6 +797,35 @@ def attention(q, k, v, keep):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
 
 
+@functools.lru_cache(maxsize=None)
+def rotary_angles(height, width, head_dim, num_prefix_tokens, device, dtype=torch.float32):
+    """(cos, sin), each (prefix + height * width, 3, 1, head_dim), for 2-D rotary positions: a query's and a key's
+    features (i, i + head_dim / 2) are turned as a pair, by their cell's row in half the pairs and by its column
+    in the other half, so the attention between two cells depends on the offset between them, not on where
+    they are (mdlARC's positions; EXPERIMENTS.md, session 20). The prefix tokens and the values are not turned.
+    sin carries the rotation's sign for rotate. Made once per canvas shape: none of it is work for the host
+    at a step."""
+    half = head_dim // 2
+    by_row = half // 2
+    rows = torch.arange(height, device=device).repeat_interleave(width)
+    columns = torch.arange(width, device=device).repeat(height)
+    # A grid is at most 30 cells a side: the slowest pair turns about a third of a turn across it.
+    row_angles = rows[:, None] * 100.0 ** (-torch.arange(by_row, device=device) / by_row)
+    column_angles = columns[:, None] * 100.0 ** (-torch.arange(half - by_row, device=device) / (half - by_row))
+    angles = torch.cat([torch.zeros(num_prefix_tokens, half, device=device),
+                        torch.cat([row_angles, column_angles], dim=1)])
+    cos, sin = torch.cat([angles.cos()] * 2, dim=1), torch.cat([-angles.sin(), angles.sin()], dim=1)
+    cos = torch.stack([cos, cos, torch.ones_like(cos)], dim=1)[:, :, None]
+    sin = torch.stack([sin, sin, torch.zeros_like(sin)], dim=1)[:, :, None]
+    return cos.to(dtype), sin.to(dtype)
+
+
+def rotate(qkv, cos, sin):
+    """Queries, keys and values (batch, tokens, 3, heads, head_dim) with each query's and key's pairs of features
+    (i, i + head_dim / 2) turned by rotary_angles: four operations a layer for all three."""
+    return qkv * cos + qkv.roll(qkv.shape[-1] // 2, dims=-1) * sin
+
+
 class Attention(nn.Module):
     def __init__(self, dim, num_heads):
         super().__init__()
@@ -802,9 +833,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x, keep):
+    def forward(self, x, keep, rotary):
         batch, length, dim = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = rotate(self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads), *rotary)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         y = attention(q, k, v, keep)
         return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
 
@@ -829,8 +861,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp_ratio)
 
-    def forward(self, x, keep):
-        x = x + self.attention(self.attention_norm(x), keep)
+    def forward(self, x, keep, rotary):
+        x = x + self.attention(self.attention_norm(x), keep, rotary)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -852,6 +884,7 @@ class ARCTransformer(nn.Module):
         self.token_embedding = nn.Embedding(VOCAB_SIZE, dim)
         self.row_embedding = nn.Embedding(config["canvas_size"], dim)
         self.column_embedding = nn.Embedding(config["canvas_size"], dim)
+        self.num_heads = config["num_heads"]
         self.blocks = nn.ModuleList(Block(dim, config["num_heads"], config["mlp_ratio"])
                                     for _ in range(config["num_layers"]))
         self.norm = nn.RMSNorm(dim)
@@ -885,12 +918,14 @@ class ARCTransformer(nn.Module):
         # padding the batch has, so a cut canvas predicts exactly what the full one does.
         keep = torch.cat([torch.ones(batch, self.num_prefix_tokens, dtype=torch.bool, device=x.device),
                           canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
-        return self.trunk(x, keep).view(batch, height, width, VOCAB_SIZE)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        rotary = rotary_angles(height, width, x.shape[-1] // self.num_heads, self.num_prefix_tokens, x.device, dtype)
+        return self.trunk(x, keep, rotary).view(batch, height, width, VOCAB_SIZE)
 
-    def trunk(self, x, keep):
+    def trunk(self, x, keep, rotary):
         """The blocks, the final norm and the head over the token sequence: what compile_model compiles."""
         for block in self.blocks:
-            x = block(x, keep)
+            x = block(x, keep, rotary)
         return self.head(self.norm(x[:, self.num_prefix_tokens:]))
 
 

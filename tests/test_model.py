@@ -34,6 +34,22 @@ def test_a_canvas_cut_to_the_batch_predicts_what_the_full_canvas_does():
     assert torch.allclose(cut, full[:, :cut_shape[0], :cut_shape[1]], atol=1e-5)
 
 
+def test_rotary_positions_make_attention_scores_depend_on_the_offset_between_cells_alone():
+    cos, sin = tf.rotary_angles(5, 6, head_dim=16, num_prefix_tokens=2, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 16)
+    turned = tf.rotate(torch.stack([q, k, v])[:, None].expand(1, 32, 3, 1, 16), cos, sin)[0, :, :, 0]  # (tokens, q/k/v, 16)
+    assert torch.allclose(turned[:, 2], v)  # values are not turned
+    scores = turned[:, 0] @ turned[:, 1].T
+
+    def cell(row, column):
+        return 2 + row * 6 + column
+    assert torch.allclose(scores[cell(0, 1), cell(2, 4)], scores[cell(2, 2), cell(4, 5)], atol=1e-5)  # same offset
+    assert not torch.allclose(scores[cell(0, 1), cell(2, 4)], scores[cell(0, 1), cell(4, 2)], atol=1e-3)
+    assert torch.allclose(scores[0, 1], q @ k)  # the prefix tokens are not turned
+    assert not torch.allclose(scores[cell(1, 0), cell(1, 0)], scores[cell(1, 0), cell(0, 1)], atol=1e-3)
+
+
 def test_task_embeddings_start_at_zero_and_then_condition_the_prediction():
     model, grids = model_and_batch()
     canvases = torch.from_numpy(tf.encode_grids([grids[0]] * 2, (4, 6)).astype(np.int64))
