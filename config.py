@@ -55,7 +55,7 @@ PRESETS = {
     #   measured at. Training a pair costs about 8.5 GFLOP (forward and backward, 232 canvas cells on
     #   average over ARC-AGI-2's pairs); an L4 has 121 TFLOP/s of bf16, of which a model this small can
     #   expect about a third: 40 TFLOP/s, 0.21 ms a pair.
-    # - A step costs the host about 750 operations to issue (python bench.py --steps), some 10 ms at ~15 us
+    # - A step costs the host about 810 operations to issue (python bench.py --steps), some 12 ms at ~15 us
     #   each. The GPU stops waiting for the host from about 50 pairs a step: 64 a GPU (14 ms of compute).
     #   More would add little speed and cost tasks per pair: at equal samples a batch of 128 solved 12
     #   dev-benchmark tasks against 22.5 at 32 (EXPERIMENTS.md, session 10).
