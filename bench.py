@@ -18,6 +18,7 @@ import resource
 import socket
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 
@@ -340,6 +341,24 @@ def spread_batches(training_set, config, count):
             for pairs, augmentations in chosen]
 
 
+def adaptation_batches_spread(training_set, config, count):
+    """Adaptation batches (adapt_batch_size pairs of one task) of `count` tasks spread over the canvas sizes."""
+    tasks = sorted(range(len(training_set.task_ids)), key=lambda t: max(
+        (training_set.inputs[p].size for p in np.flatnonzero(training_set.pair_task == t)), default=0))
+    chosen = tasks[len(tasks) // (2 * count)::max(1, len(tasks) // count)][:count]
+    return [tf.adaptation_batches(training_set, t, {**config, "adapt_steps": 1})[0] for t in chosen]
+
+
+def designed_graphs(tokens, device, amp_dtype):
+    """(graphs, why) that a compiled trunk needs for training at these token counts and for prediction: one a form
+    of attention training takes (on a CPU in bf16 two, written out under CPU_SHORT_ATTENTION tokens and fused from
+    there) and one for prediction, which takes no gradient."""
+    forms = {count < tf.CPU_SHORT_ATTENTION for count in tokens} if device.type == "cpu" and amp_dtype else {False}
+    why = ("training with attention written out and fused, prediction" if len(forms) == 2 else
+           "training, prediction")
+    return len(forms) + 1, why
+
+
 def compile_counting(model, graphs):
     """Compile the model as a run does, with inductor, appending to `graphs` for every graph compiled."""
     from torch._inductor.compile_fx import compile_fx
@@ -405,21 +424,26 @@ def self_check(argv):
     optimizers = tf.make_optimizers(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     graphs = []
+    adaptation = adaptation_batches_spread(training_set, config, 2)
+    jobs = tf.prediction_jobs(tasks["evaluation"], training_set, config, config["vote_augmentations"])
+    predictor = tf.model_predictor(model, device, amp_dtype)
     try:
         if config["compile"]:
             compile_counting(model, graphs)
         start = time.perf_counter()
-        tf.train_step(model, optimizers, scaler, batches[0], 1.0, device, amp_dtype, config)
-        first = len(graphs)
-        for batch in batches[1:]:
+        for batch in batches + adaptation:
             tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
-        sides = sorted({batch[0].shape[1:] for batch in batches})
-        recompiles = len(graphs) - first
-        rows.append(("compile", f"{len(graphs)} graph(s) for the model over {len(sides)} canvas shapes, "
-                     f"{recompiles} after the first, {time.perf_counter() - start:.0f}s" if config["compile"] else
-                     "off (compile=False)", recompiles == 0))
+        prediction = tf.seconds_per_prediction(predictor, jobs, config["batch_size"])  # two batches of spread sides
+        shapes = {batch[0].shape[1:] for batch in batches + adaptation}
+        tokens = [config["num_prefix_tokens"] + height * width for height, width in shapes]
+        needed, why = designed_graphs(tokens, device, amp_dtype)
+        rows.append(("compile", f"{len(graphs)} graph(s) for the model over {len(shapes)} canvas shapes of training and "
+                     f"adaptation and the sides of prediction, the {needed} the design needs ({why}), "
+                     f"{time.perf_counter() - start:.0f}s" if config["compile"] else "off (compile=False)",
+                     not config["compile"] or len(graphs) == needed))
     except Exception as error:
         rows.append(("compile", f"{type(error).__name__}: {str(error)[:200]}", False))
+        prediction = tf.seconds_per_prediction(predictor, jobs, config["batch_size"])
     fused = attention_backends(config, device, amp_dtype)
     rows.append(("attention", f"fused kernels with the padding mask: {', '.join(fused) or 'none (the slow math kernel)'}",
                  bool(fused) or device.type != "cuda"))
@@ -453,7 +477,47 @@ def self_check(argv):
         print(f"{what:<{width}}  {'ok    ' if passed else 'FAILED'}  {result}")
     failed = [what for what, _, passed in rows if not passed]
     print("self-check: " + ("everything a run needs works here" if not failed else "FAILED: " + ", ".join(failed)))
+    adapt_step = median_seconds(lambda: float(tf.train_step(model, optimizers, scaler, adaptation[-1], 1.0, device,
+                                                            amp_dtype, config)[0]), 3)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        tf.save_checkpoint(os.path.join(folder, "last.pt"), model, optimizers, scaler, tf.TrainState(), config,
+                           training_set.task_ids)
+    processes = max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
+    print(projection(config, tasks, len(training_set.inputs), seconds, len(pairs), adapt_step, prediction,
+                     time.perf_counter() - start, processes))
     return 1 if failed else 0
+
+
+def projection(config, tasks, num_pairs, step, step_pairs, adapt_step, prediction, save, processes):
+    """The line that says what the configured run will do at the speeds just measured: its steps, epochs and
+    pairs in the budget, an evaluation's minutes and the end's reserve (at 120 and 240 hidden test tasks), and a
+    warning for what will not fit. Evaluations every eval_every_n_minutes are priced as if each wrote a new
+    best (an evaluation, the test tasks' prediction and a save of best.pt): rather fewer steps than more."""
+    budget, interval = 3600 * config["target_runtime_hours"], 60 * config["eval_every_n_minutes"]
+    views, evaluation_tasks = config["vote_augmentations"], tasks["evaluation"]
+    inputs_per_task = tf.num_inputs(evaluation_tasks) / max(len(evaluation_tasks), 1)
+    adapt_task = config["adapt_steps"] * adapt_step
+
+    def costs(num_tasks):
+        return tf.Costs(prediction, round(num_tasks * inputs_per_task), views, num_tasks, adapt_task, save, 2.0,
+                        processes=processes)
+    evaluation = costs(len(evaluation_tasks)).prediction_seconds(safety=1.0)
+    reserves = {hidden: costs(len(evaluation_tasks) + hidden).final_seconds() for hidden in (120, 240)}
+    between = interval + evaluation + costs(120).prediction_seconds(safety=1.0) + save if interval else 0
+    training = (budget - reserves[120]) * (interval / between if interval else 1.0)
+    steps = max(training, 0) / step
+    pairs = steps * step_pairs * processes
+    warnings = [f"the end at {hidden} test tasks needs {reserve / budget:.0%} of the budget: the run will vote on "
+                "fewer views" for hidden, reserve in reserves.items() if reserve > budget / 2][:1]
+    if interval and evaluation > interval / 3:
+        warnings.append(f"an evaluation takes {evaluation / interval:.0%} of eval_every_n_minutes: raise it")
+    return (f"projection: {config['target_runtime_hours']:g} h on {processes} process{'es' * (processes > 1)} at the speed "
+            f"measured here ({step:.3g} s a step of {step_pairs} pairs): {steps:,.0f} steps, {pairs / num_pairs:,.0f} "
+            f"epochs of {num_pairs:,} pairs ({pairs:,.0f} pairs) in {training / 3600:.1f} h of training; an evaluation "
+            f"of {len(evaluation_tasks)} tasks {evaluation / 60:.1f} min; the end's reserve {reserves[120] / 60:.0f} min "
+            f"at 120 test tasks, {reserves[240] / 60:.0f} min at 240; "
+            + ("; ".join(f"warning: {w}" for w in warnings) if warnings else "it fits"))
 
 
 if __name__ == "__main__":

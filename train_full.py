@@ -13,6 +13,7 @@ import ast
 import collections
 import concurrent.futures
 import contextlib
+import datetime
 import difflib
 import functools
 import importlib.util
@@ -77,14 +78,15 @@ CONFIG = {
                                  # the same compute, more steps of fewer pairs fit a task better (EXPERIMENTS.md)
     "max_nonfinite_steps": 5,    # non-finite steps in a row (each skipped) before rolling back to last.pt at half
                                  # the learning rate
-    "epochs": 100000,            # passes over every training pair (each under a random augmentation); an upper
-                                 # bound: the time budget normally ends the run first
+    "epochs": 0,                 # stop after this many passes over the training pairs (0: no bound, the time budget
+                                 # ends the run; a focus epoch is a pass over the focus pairs alone)
     "max_steps": 0,              # stop after this many optimisation steps (0: no bound); with a long enough budget,
                                  # a run of the same length on every machine (the learning rate decays over them)
     "target_runtime_hours": 7.0, # the whole run, start to last file written (0.05 is three minutes)
     "seed": 0,                   # seeds the model, the augmentation tables and the batch order
     # evaluation, checkpoints, logs
-    "eval_every_n_epochs": 50,   # evaluate every this many epochs (0: never by epochs)
+    "eval_every_n_epochs": 0,    # evaluate every this many epochs (0: never by epochs); an epoch's length depends
+                                 # on the number of processes and the phase, so a long run evaluates by minutes
     "eval_every_n_minutes": 30.0,  # and every this many minutes (0: never by time)
     "log_every_n_steps": 50,     # one progress line / metrics.jsonl record per this many steps
     "checkpoint_dir": "checkpoints",  # last.pt (to resume) and best.pt (best evaluation) live here
@@ -199,11 +201,12 @@ def parse_config(argv, defaults=CONFIG, presets=None):
         raise ConfigError(f"embed_dim ({config['embed_dim']}) must divide by num_heads ({config['num_heads']}) into an "
                           "even head width (rotary positions turn its features in pairs)")
     for key in ("batch_size", "adapt_batch_size", "num_layers", "num_prefix_tokens", "warmup_steps",
-                "log_every_n_steps", "epochs", "max_nonfinite_steps"):
+                "log_every_n_steps", "max_nonfinite_steps"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {config[key]}")
-    if config["max_steps"] < 0:
-        raise ConfigError(f"max_steps must be 0 (no bound) or more, got {config['max_steps']}")
+    for key in ("epochs", "max_steps"):
+        if config[key] < 0:
+            raise ConfigError(f"{key} must be 0 (no bound) or more, got {config[key]}")
     if config["target_runtime_hours"] <= 0:
         raise ConfigError(f"target_runtime_hours must be positive, got {config['target_runtime_hours']}")
     if not 1 <= config["vote_augmentations"] <= config["num_augmentations"]:
@@ -799,7 +802,7 @@ def attention(q, k, v, keep):
 
 @functools.lru_cache(maxsize=None)
 def rotary_angles(height, width, head_dim, num_prefix_tokens, device, dtype=torch.float32):
-    """(cos, sin), each (prefix + height * width, 3, 1, head_dim), for 2-D rotary positions: a query's and a key's
+    """(cos, sin), each (prefix + height * width, 2, 1, head_dim), for 2-D rotary positions: a query's and a key's
     features (i, i + head_dim / 2) are turned as a pair, by their cell's row in half the pairs and by its column
     in the other half, so the attention between two cells depends on the offset between them, not on where
     they are (mdlARC's positions; EXPERIMENTS.md, session 20). The prefix tokens and the values are not turned.
@@ -815,15 +818,13 @@ def rotary_angles(height, width, head_dim, num_prefix_tokens, device, dtype=torc
     angles = torch.cat([torch.zeros(num_prefix_tokens, half, device=device),
                         torch.cat([row_angles, column_angles], dim=1)])
     cos, sin = torch.cat([angles.cos()] * 2, dim=1), torch.cat([-angles.sin(), angles.sin()], dim=1)
-    cos = torch.stack([cos, cos, torch.ones_like(cos)], dim=1)[:, :, None]
-    sin = torch.stack([sin, sin, torch.zeros_like(sin)], dim=1)[:, :, None]
-    return cos.to(dtype), sin.to(dtype)
+    return torch.stack([cos, cos], dim=1)[:, :, None].to(dtype), torch.stack([sin, sin], dim=1)[:, :, None].to(dtype)
 
 
-def rotate(qkv, cos, sin):
-    """Queries, keys and values (batch, tokens, 3, heads, head_dim) with each query's and key's pairs of features
-    (i, i + head_dim / 2) turned by rotary_angles: four operations a layer for all three."""
-    return qkv * cos + qkv.roll(qkv.shape[-1] // 2, dims=-1) * sin
+def rotate(qk, cos, sin):
+    """Queries and keys (batch, tokens, 2, heads, head_dim) with each one's pairs of features (i, i + head_dim / 2)
+    turned by rotary_angles: four operations a layer for both."""
+    return qk * cos + qk.roll(qk.shape[-1] // 2, dims=-1) * sin
 
 
 class Attention(nn.Module):
@@ -835,9 +836,10 @@ class Attention(nn.Module):
 
     def forward(self, x, keep, rotary):
         batch, length, dim = x.shape
-        qkv = rotate(self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads), *rotary)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        y = attention(q, k, v, keep)
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads)
+        qk, v = qkv.split([2, 1], dim=2)
+        q, k = rotate(qk, *rotary).permute(2, 0, 3, 1, 4)
+        y = attention(q, k, v[:, :, 0].transpose(1, 2), keep)
         return self.proj(y.transpose(1, 2).reshape(batch, length, dim))
 
 
@@ -973,8 +975,32 @@ class Distributed:
             tensor /= self.world_size
         return tensor
 
+    def share(self, items, costs):
+        """This process's share of `items`, in their order: the costliest first, each to the least loaded
+        process, so that every process has about as much to do (the same split on every process)."""
+        loads, mine = [0.0] * self.world_size, []
+        for i in sorted(range(len(items)), key=lambda i: -costs[i]):
+            process = loads.index(min(loads))
+            loads[process] += costs[i]
+            mine += [i] if process == self.rank else []
+        return [items[i] for i in sorted(mine)]
+
+    def gather(self, obj):
+        """Every process's `obj` (any picklable object), in rank order, on every process."""
+        if self.world_size == 1:
+            return [obj]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
 
 SINGLE_PROCESS = Distributed()
+
+
+# How long a process waits inside an exchange before the run is ended as hung. The longest wait by design is
+# for rank 0 writing a checkpoint of hundreds of MB or drawing the pictures (seconds); NCCL's default of 10
+# minutes would end a run on a slow disk, while no limit would hold a hung run's GPUs to Kaggle's end.
+PROCESS_GROUP_TIMEOUT_MINUTES = 30
 
 
 def start_distributed(config):
@@ -988,7 +1014,8 @@ def start_distributed(config):
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES))
     return Distributed(rank, world_size, local_rank)
 
 
@@ -1219,7 +1246,7 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
         row_grad = row_grad / scaler._scale
     norm = torch.nn.utils.clip_grad_norm_([p for o in (muon, adamw) for g in o.param_groups for p in g["params"]],
                                           config["grad_clip"])
-    kept = distributed.all_true(torch.isfinite(total_loss) & torch.isfinite(norm))
+    kept = distributed.all_true(torch.isfinite(total_loss) & torch.isfinite(norm) & torch.isfinite(row_grad).all())
     keep = kept.float()
     adamw.found_inf = 1 - keep  # how a fused optimizer is told to skip (GradScaler sets it the same way)
     muon.step(keep)
@@ -1418,35 +1445,59 @@ def adapt(model, task, training_set, config, device, amp_dtype):
         train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
 
 
-def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None, deadline=None):
-    """(votes, seconds spent adapting, tasks not adapted): predict_tasks with the model's own weights, or with
-    adapt_steps > 0, each task predicted by the weights adapted to it, the weights put back before the next.
-    A task adapts only while the previous task's adaptation would still end before `deadline` (perf_counter
-    seconds); the rest are predicted by the shared weights, so an end slower than its estimate costs some
-    adaptation, never the budget."""
+class Predicted(NamedTuple):
+    votes: dict        # {task id: [Vote per test input]} for every task, from every process
+    adapting: float    # seconds this process spent adapting
+    skipped: int       # tasks predicted by the shared weights, their adaptation not fitting before the deadline
+    tasks: int         # tasks this process predicted
+    inputs: int        # and their test inputs
+
+
+def task_cost(task, config):
+    """A task's share of a prediction's work, to split the tasks evenly between processes: its adaptation
+    steps (each costs about the same on a GPU, where a step of 8 pairs waits on the host) and its test inputs."""
+    return config["adapt_steps"] + len(task.test_inputs)
+
+
+def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None, deadline=None,
+                  distributed=SINGLE_PROCESS):
+    """Predicted: each process predicts its share of the tasks and the votes are gathered, so that every process
+    has them all. With adapt_steps > 0 each task is predicted by the weights adapted to it, the weights put back
+    before the next (adaptation is each process's own: no exchange); else by the model's own weights. A task
+    adapts only while the previous task's adaptation would still end before `deadline` (perf_counter seconds);
+    the rest are predicted by the shared weights, so an end slower than its estimate costs some adaptation,
+    never the budget."""
     predictor = model_predictor(model, device, amp_dtype)
-    if not config["adapt_steps"]:
-        return predict_tasks(tasks, training_set, predictor, config, views), 0.0, 0
-    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    mine = distributed.share(tasks, [task_cost(task, config) for task in tasks])
     votes, adapting, last, skipped = {}, 0.0, 0.0, 0
-    for task in tasks:
-        start = time.perf_counter()
-        if deadline is None or start + last <= deadline:
-            adapt(model, task, training_set, config, device, amp_dtype)
-            last = time.perf_counter() - start
-            adapting += last
-        else:
-            skipped += 1
-        votes.update(predict_tasks([task], training_set, predictor, config, views))
-        model.load_state_dict(saved)
-    return votes, adapting, skipped
+    if not config["adapt_steps"]:
+        votes = predict_tasks(mine, training_set, predictor, config, views)
+    else:
+        saved = {name: value.clone() for name, value in model.state_dict().items()}
+        for task in mine:
+            start = time.perf_counter()
+            if deadline is None or start + last <= deadline:
+                adapt(model, task, training_set, config, device, amp_dtype)
+                last = time.perf_counter() - start
+                adapting += last
+            else:
+                skipped += 1
+            votes.update(predict_tasks([task], training_set, predictor, config, views))
+            model.load_state_dict(saved)
+    everyone = distributed.gather((votes, skipped))
+    gathered = {task_id: v for process_votes, _ in everyone for task_id, v in process_votes.items()}
+    return Predicted({task.id: gathered[task.id] for task in tasks}, adapting, sum(s for _, s in everyone),
+                     len(mine), num_inputs(mine))
 
 
 def adaptation_deadline(clock, costs, inputs, tasks_after=0):
-    """The perf_counter time after which no task begins adapting: the budget's end, less the predictions of
-    `inputs` test inputs under every view, `tasks_after` adaptations still to come, the pictures and 2 s."""
-    keep = costs.prediction * inputs * costs.views + costs.adapt_task * tasks_after + costs.draw + 2.0
+    """The perf_counter time after which no task begins adapting: the budget's end, less this process's share of
+    the predictions of `inputs` test inputs under every view and of `tasks_after` adaptations still to come, the
+    pictures and 2 s."""
+    keep = costs.share(costs.prediction * inputs * costs.views + costs.adapt_task * tasks_after) + costs.draw + 2.0
     return time.perf_counter() + clock.budget - clock.used() - keep
+
+
 
 
 def say_unadapted(progress, skipped, what):
@@ -1702,6 +1753,8 @@ class TrainState:
     epoch: int = 0                  # epochs done
     batch: int = 0                  # batches of the current epoch done (or skipped)
     focus: bool = False             # the current epoch holds the evaluation and test tasks' demonstrations alone
+    plan_processes: int = 1         # the processes the current epoch's batches were planned for: a run resumed on
+                                    # another number finishes the epoch in those batches, each split its new way
     elapsed: float = 0.0            # budget seconds used when last.pt was written
     best_score: list | None = None  # score_key of the best evaluation so far
     best_step: int = 0              # and the step it was made at
@@ -1748,18 +1801,41 @@ def load_checkpoint(path, config, task_ids=None):
     return checkpoint
 
 
+def process_identity(pid):
+    """{"pid", "boot_id", "started"}: what tells process `pid` from a later one given the same id (its start, in
+    clock ticks since boot) or one on another machine or boot (the kernel's boot id); on a system without
+    /proc (not Linux) or for a process that is gone, the id alone."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot_id = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
+    except (OSError, ValueError, IndexError):
+        return {"pid": pid}
+    return {"pid": pid, "boot_id": boot_id, "started": started}
+
+
+def lock_holder_alive(holder):
+    """Whether the process a run.lock names is that run, still going. A lock from another boot or machine (a
+    checkpoint folder copied from a killed Kaggle session), or whose process id now names another process,
+    is not; a lock written without /proc (or by an older train_full.py) has only its id to go by."""
+    if "started" not in holder:
+        return process_alive(holder["pid"])
+    return process_identity(holder["pid"]) == holder
+
+
 class RunLock:
-    """checkpoint_dir/run.lock holds the process id of the run using the folder, so a second run refuses
-    instead of overwriting its checkpoints. A lock whose process is gone (a killed run) is taken over."""
+    """checkpoint_dir/run.lock names the process of the run using the folder, so a second run refuses instead
+    of overwriting its checkpoints. A lock whose run is gone (killed, or another machine's) is taken over."""
     def __init__(self, folder):
         self.path = os.path.join(folder, "run.lock")
 
     def __enter__(self):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        # Written aside, then linked into place: the lock never exists without its process id in it.
+        # Written aside, then linked into place: the lock never exists without its holder in it.
         mine = f"{self.path}.{os.getpid()}"
         with open(mine, "w") as f:
-            f.write(str(os.getpid()))
+            json.dump(process_identity(os.getpid()), f)
         try:
             while True:
                 try:
@@ -1767,24 +1843,28 @@ class RunLock:
                     return self
                 except FileExistsError:
                     holder = self.holder()
-                    if holder is not None and holder != os.getpid() and process_alive(holder):
-                        raise CheckpointError(f"{self.path}: process {holder} is using this checkpoint folder; "
-                                              "wait for it to finish, stop it, or choose another --checkpoint_dir"
-                                              ) from None
+                    if holder is not None and holder["pid"] != os.getpid() and lock_holder_alive(holder):
+                        raise CheckpointError(f"{self.path}: process {holder['pid']} is using this checkpoint "
+                                              "folder; wait for it to finish, stop it, or choose another "
+                                              "--checkpoint_dir") from None
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(self.path)
         finally:
             os.remove(mine)
 
     def holder(self):
+        """The lock's {"pid", ...}, or None: gone, or not written by this program. A bare number is an older
+        version's lock."""
         try:
             with open(self.path) as f:
-                return int(f.read().strip())
+                holder = json.loads(f.read())
         except (OSError, ValueError):
-            return None  # gone, or not written by this program
+            return None
+        holder = {"pid": holder} if type(holder) is int else holder
+        return holder if isinstance(holder, dict) and type(holder.get("pid")) is int else None
 
     def __exit__(self, *exception):
-        if self.holder() == os.getpid():
+        if (self.holder() or {}).get("pid") == os.getpid():
             os.remove(self.path)
 
 
@@ -1885,7 +1965,8 @@ class Clock:
 
 @dataclass
 class Costs:
-    """Seconds the end of the run needs, measured as the run goes, so that training stops in time for it."""
+    """Seconds the end of the run needs, measured as the run goes, so that training stops in time for it. A
+    prediction or an adaptation is priced as one process does it; the processes share them (adapted_votes)."""
     prediction: float        # one prediction (a test input under one view); every evaluation refines it
     inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
     views: int               # views per test input in every prediction of the run (fitting_views)
@@ -1895,11 +1976,17 @@ class Costs:
     save: float = 0.0        # writing last.pt
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # a training step: the median of the last few
+    processes: int = 1       # that share the predictions
+
+    def share(self, seconds):
+        """One process's part of work that the processes split between them."""
+        return seconds / self.processes
 
     def prediction_seconds(self, views=None, safety=1.25):
-        """A final evaluation and the test prediction, with a quarter more for safety."""
+        """A final evaluation and the test prediction, with a quarter more for safety (and for tasks that do
+        not split evenly)."""
         predicting = self.prediction * self.inputs * (self.views if views is None else views)
-        return safety * (predicting + self.adapt_tasks * self.adapt_task)
+        return safety * self.share(predicting + self.adapt_tasks * self.adapt_task)
 
     def final_seconds(self, views=None):
         """The end: last.pt, a final evaluation, the test prediction, the pictures, and a margin."""
@@ -2085,7 +2172,9 @@ def prepare_model(model, config, device, distributed):
     # The task-embedding table takes no gradient (train_step averages its touched rows' own): left out, it
     # is not broadcast at the start either.
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["task_embedding.weight"])
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Gradients as views of DDP's buckets: no copy into and out of them at every step.
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                               gradient_as_bucket_view=True)
 
 
 def start_run(config, tasks, training_set, output_dir, clock, distributed):
@@ -2141,8 +2230,8 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
 
 class EpochBatches:
     """The run's batches in order, epoch after epoch, read at the place a TrainState holds: this owns the
-    epoch rollover and the focus switch. An epoch's batches follow from (seed, epoch, focus) alone, so a
-    resumed run replays the ones it stopped in. The next place's batch is built on a background thread
+    epoch rollover and the focus switch. An epoch's batches follow from (seed, epoch, focus, the processes it
+    began on) alone, so a resumed run replays the ones it stopped in, on any number of processes. The next place's batch is built on a background thread
     while the device computes this one (its tensors page-locked for a GPU); a place other than the one
     guessed (a focus switch, a rollback) has its batch built when asked, so the order is the same either way."""
     def __init__(self, training_set, config, distributed, pin=False):
@@ -2151,43 +2240,46 @@ class EpochBatches:
         self.worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
         self.ahead = None  # (place, the Future of its batch)
 
-    def of_epoch(self, epoch, focus):
-        plan = self.plans.get((epoch, focus))  # without the lock, which the reader holds while it plans an epoch
+    def of_epoch(self, epoch, focus, processes):
+        key = (epoch, focus, processes)
+        plan = self.plans.get(key)  # without the lock, which the reader holds while it plans an epoch
         if plan is not None:
             return plan
         with self.lock:  # both threads ask; each epoch's plan is made once
-            if (epoch, focus) not in self.plans:
-                self.plans = {key: plan for key, plan in self.plans.items() if key[0] >= epoch - 1}
-                self.plans[epoch, focus] = epoch_batches(self.training_set, self.config, epoch, focus,
-                                                         self.distributed.world_size)
-            return self.plans[epoch, focus]
+            if key not in self.plans:
+                self.plans = {known: plan for known, plan in self.plans.items() if known[0] >= epoch - 1}
+                self.plans[key] = epoch_batches(self.training_set, self.config, epoch, focus, processes)
+            return self.plans[key]
 
-    def build(self, epoch, index, focus):
-        pairs, augmentations = self.of_epoch(epoch, focus)[index]
+    def build(self, epoch, index, focus, processes):
+        pairs, augmentations = self.of_epoch(epoch, focus, processes)[index]
         batch = make_batch(self.training_set, pairs, augmentations, self.config["canvas_size"], self.distributed.rank,
                            self.distributed.world_size)
         return batch._replace(tensors=host_tensors(batch, self.config["num_augmentations"], self.pin)), len(pairs)
 
+    def current(self, state):
+        return self.of_epoch(state.epoch, state.focus, state.plan_processes)
+
     def next(self, state, focus):
         """(this process's Batch at the state's place, the whole batch's number of pairs). An epoch takes
-        `focus` when it begins, and keeps it."""
+        `focus` and the number of processes when it begins, and keeps them."""
         if state.batch == 0:
-            state.focus = focus
-        place = (state.epoch, state.batch, state.focus)
+            state.focus, state.plan_processes = focus, self.distributed.world_size
+        place = (state.epoch, state.batch, state.focus, state.plan_processes)
         ahead, self.ahead = self.ahead, None
         built = ahead[1].result() if ahead and ahead[0] == place else self.build(*place)
-        last = state.batch + 1 == len(self.of_epoch(state.epoch, state.focus))
-        following = (state.epoch + 1, 0, state.focus) if last else (state.epoch, state.batch + 1, state.focus)
+        following = ((state.epoch + 1, 0, state.focus, self.distributed.world_size)
+                     if state.batch + 1 == len(self.current(state)) else (state.epoch, state.batch + 1, *place[2:]))
         self.ahead = (following, self.worker.submit(self.build, *following))
         return built
 
     def advance(self, state):
         state.batch += 1
-        if state.batch == len(self.of_epoch(state.epoch, state.focus)):
+        if state.batch == len(self.current(state)):
             state.epoch, state.batch = state.epoch + 1, 0
 
     def epochs_done(self, state):
-        return state.epoch + state.batch / len(self.of_epoch(state.epoch, state.focus))
+        return state.epoch + state.batch / len(self.current(state))
 
     def close(self):
         self.worker.shutdown(wait=True, cancel_futures=True)
@@ -2204,9 +2296,18 @@ class Decision(NamedTuple):
 
 
 def training_progress(state, clock, costs, total_steps):
-    """How far training is, 0 -> 1: the larger of the steps done and the training budget used. The
-    learning rate decays and the focus begins by it."""
-    return max(state.step / total_steps, training_fraction_used(clock, costs))
+    """How far training is, 0 -> 1: the larger of the steps done of total_steps (0: no bound) and the training
+    budget used. The learning rate decays and the focus begins by it."""
+    return max(state.step / total_steps if total_steps else 0.0, training_fraction_used(clock, costs))
+
+
+def bound_reached(state, config):
+    """Why training ends by its bounds (epochs, max_steps), or "" while neither is reached or set."""
+    if config["epochs"] and state.epoch >= config["epochs"]:
+        return f"all {config['epochs']} epochs done"
+    if config["max_steps"] and state.step >= config["max_steps"]:
+        return f"all {config['max_steps']} steps done"
+    return ""
 
 
 def steps_between_decisions(distributed):
@@ -2266,11 +2367,11 @@ def evaluate(run, state, clock, costs, kind, progress):
     start = time.perf_counter()
     reused = reusable(run)
     later = [task for task in run.test_tasks if task.id not in reused]
-    votes, adapting, skipped = adapted_votes(
-        run.model, run.evaluation, run.training_set, run.config, run.device, run.amp_dtype, costs.views,
-        adaptation_deadline(clock, costs, num_inputs(run.evaluation + later), len(later)))
-    say_unadapted(progress, skipped, kind)
-    report = eval_report(run.evaluation, votes)
+    predicted = adapted_votes(run.model, run.evaluation, run.training_set, run.config, run.device, run.amp_dtype,
+                              costs.views, adaptation_deadline(clock, costs, num_inputs(run.evaluation + later),
+                                                               len(later)), run.distributed)
+    say_unadapted(progress, predicted.skipped, kind)
+    report = eval_report(run.evaluation, predicted.votes)
     summary = report["summary"]
     improved = state.best_score is None or score_key(summary) > state.best_score
     if improved and run.distributed.is_main:
@@ -2292,12 +2393,12 @@ def evaluate(run, state, clock, costs, kind, progress):
                    f"({summary['tasks_solved']}/{summary['num_tasks']} tasks, {summary['output_score']:.4f} of "
                    f"outputs) | shape {summary['shape_accuracy']:.4f} | pixel {summary['pixel_accuracy']:.4f}"
                    + (" | new best" if improved else ""))
-    if improved and run.distributed.is_main:
-        adapting += submit(run, clock, costs, progress, f"the weights of step {state.step}", votes)
-    predicted = run.evaluation + (run.test_tasks if improved and run.distributed.is_main else [])
-    costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * num_inputs(predicted), 1)
-    adapted = len({task.id for task in predicted})
-    costs.adapt_task = adapting / adapted if adapted and not skipped else costs.adapt_task
+    parts = [predicted] + ([submit(run, clock, costs, progress, f"the weights of step {state.step}", predicted.votes)]
+                           if improved else [])
+    adapting, tasks, inputs = (sum(part[i] for part in parts) for i in (1, 3, 4))
+    costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * inputs, 1)
+    if tasks and run.config["adapt_steps"] and not any(part.skipped for part in parts):
+        costs.adapt_task = adapting / tasks
     if run.distributed.is_main:
         draw_pictures(run, costs, progress, report if improved else None)
 
@@ -2324,34 +2425,35 @@ def reusable(run):
 
 
 def submit(run, clock, costs, progress, weights, known=None):
-    """Predict the test tasks with the model's weights as they are and write submission.json (rank 0).
-    `known` holds the votes of the same weights for evaluation tasks: a test task that is one of them (the
-    same id and test inputs, as in the dev benchmark) takes its votes instead of being predicted again.
-    Returns the seconds spent adapting."""
+    """Predict the test tasks with the model's weights as they are (every process its share) and write
+    submission.json (rank 0). `known` holds the votes of the same weights for evaluation tasks: a test task
+    that is one of them (the same id and test inputs, as in the dev benchmark) takes its votes instead of
+    being predicted again. Returns the Predicted of the tasks predicted."""
     known = known or {}
     reused = {task_id for task_id in reusable(run) if task_id in known}
-    predicted = [t for t in run.test_tasks if t.id not in reused]
-    votes, adapting, skipped = adapted_votes(run.model, predicted, run.training_set, run.config, run.device,
-                                             run.amp_dtype, costs.views,
-                                             adaptation_deadline(clock, costs, num_inputs(predicted)))
-    say_unadapted(progress, skipped, "submission")
-    votes.update({task_id: known[task_id] for task_id in reused})
+    tasks = [t for t in run.test_tasks if t.id not in reused]
+    predicted = adapted_votes(run.model, tasks, run.training_set, run.config, run.device, run.amp_dtype, costs.views,
+                              adaptation_deadline(clock, costs, num_inputs(tasks)), run.distributed)
+    say_unadapted(progress, predicted.skipped, "submission")
+    if not run.distributed.is_main:
+        return predicted
+    votes = {**predicted.votes, **{task_id: known[task_id] for task_id in reused}}
     try:
         num_fallback = save_submission(run.paths.submission, run.test_tasks, votes)
     except OSError as error:  # a full disk: the previous submission stays whole
         progress.write(f"warning: {run.paths.submission} not updated ({error}); the previous one is intact")
-        return adapting
+        return predicted
     progress.write(f"submission: {len(run.test_tasks)} tasks, {sum(len(t.test_inputs) for t in run.test_tasks)} "
                    f"test inputs, {num_fallback} answered by fallback, from {weights}, written to "
                    f"{run.paths.submission} at {clock.used():.0f}s of {clock.budget:.0f}s")
-    return adapting
+    return predicted
 
 
 def submission_at_the_end(run, state, clock, costs, progress, may_predict):
-    """The submission when training ends (rank 0). The best evaluation's answers are on disk already. With
-    no evaluation, the last weights predict the test tasks if `may_predict` and, where the data has no
-    evaluation answers, the evaluation tasks for eval_predictions.json (its report is returned); else the
-    fallback answers stay."""
+    """The submission when training ends (every process, rank 0 writing). The best evaluation's answers are on
+    disk already. With no evaluation, the last weights predict the test tasks if `may_predict` and, where the
+    data has no evaluation answers, the evaluation tasks for eval_predictions.json (its report is returned);
+    else the fallback answers stay."""
     if state.best_score is not None:
         progress.write(f"submission: {run.paths.submission} holds the answers of the best evaluation (step "
                        f"{state.best_step}, pass@2 {state.best_score[0]:.4f}); its report is {run.paths.evaluation}")
@@ -2362,11 +2464,12 @@ def submission_at_the_end(run, state, clock, costs, progress, may_predict):
     submit(run, clock, costs, progress, "the last weights")
     if run.evaluation:  # the answers exist, but no evaluation had the time to run
         return None
-    votes, _, skipped = adapted_votes(run.model, run.unscored, run.training_set, run.config, run.device,
-                                      run.amp_dtype, costs.views,
-                                      adaptation_deadline(clock, costs, num_inputs(run.unscored)))
-    say_unadapted(progress, skipped, "evaluation predictions")
-    report = unscored_report(run.unscored, votes)
+    predicted = adapted_votes(run.model, run.unscored, run.training_set, run.config, run.device, run.amp_dtype,
+                              costs.views, adaptation_deadline(clock, costs, num_inputs(run.unscored)), run.distributed)
+    say_unadapted(progress, predicted.skipped, "evaluation predictions")
+    if not run.distributed.is_main:
+        return None
+    report = unscored_report(run.unscored, predicted.votes)
     write_json_atomic(run.paths.evaluation, report)
     progress.write(f"evaluation predictions: {len(run.unscored)} tasks without answers, unscored, written to "
                    f"{run.paths.evaluation}")
@@ -2380,15 +2483,23 @@ class Interval:
     def __init__(self, in_a_row=0.0):
         self.loss = self.accuracy = self.skipped = 0.0
         self.in_a_row = self.longest = in_a_row
-        self.steps = self.samples = 0
-        self.start = time.perf_counter()
+        self.steps = self.samples = self.timed_steps = 0
+        self.start, self.excluded = time.perf_counter(), 0.0
 
     def add(self, loss, accuracy, finite, samples):
+        """A step's figures; `samples` 0 for a step left out of the speed (its seconds excluded)."""
         skipped = 1.0 - finite.float()
         self.loss, self.accuracy, self.skipped = self.loss + loss, self.accuracy + accuracy, self.skipped + skipped
         self.in_a_row = (self.in_a_row + 1) * skipped
         self.longest = torch.maximum(torch.as_tensor(self.longest), self.in_a_row)
-        self.steps, self.samples = self.steps + 1, self.samples + samples
+        self.steps, self.samples, self.timed_steps = self.steps + 1, self.samples + samples, self.timed_steps + bool(samples)
+
+    def exclude(self, seconds):
+        """Seconds of the interval that were not training (evaluating, saving, compiling)."""
+        self.excluded += seconds
+
+    def training_seconds(self):
+        return max(time.perf_counter() - self.start - self.excluded, 1e-9)
 
 
 def log_interval(run, state, clock, interval, learning_rate, epochs_done, progress):
@@ -2401,11 +2512,12 @@ def log_interval(run, state, clock, interval, learning_rate, epochs_done, progre
     loss, accuracy = (float(run.distributed.sum(total)) / counted for total in (interval.loss, interval.accuracy))
     line = {"kind": "train", "step": state.step, "epoch": round(epochs_done, 3), "elapsed": round(clock.used(), 2),
             "loss": round(loss, 5), "accuracy": round(accuracy, 5), "learning_rate": float(f"{learning_rate:.4g}"),
-            "samples_per_s": round(interval.samples / (time.perf_counter() - interval.start), 1)}
+            "samples_per_s": round(interval.samples / interval.training_seconds(), 1),
+            "step_ms": round(1000 * interval.training_seconds() / max(interval.timed_steps, 1), 2)}
     record(run, line)
     progress.update(clock, {"step": line["step"], "epoch": line["epoch"], "loss": line["loss"],
                             "acc": line["accuracy"], "lr": f"{line['learning_rate']:.2e}",
-                            "samples/s": line["samples_per_s"]})
+                            "samples/s": line["samples_per_s"], "ms/step": line["step_ms"]})
     return skipped, longest, in_a_row
 
 
@@ -2443,7 +2555,8 @@ def count_skipped_steps(run, state, clock, progress, skipped, longest, in_a_row)
     if os.path.exists(run.paths.last):
         saved = restore_checkpoint(run.paths.last, load_checkpoint(run.paths.last, run.config, run.training_set.task_ids),
                                    run.model, run.optimizers, run.scaler)
-        state.step, state.epoch, state.batch, state.focus = saved.step, saved.epoch, saved.batch, saved.focus
+        state.step, state.epoch, state.batch, state.focus, state.plan_processes = (
+            saved.step, saved.epoch, saved.batch, saved.focus, saved.plan_processes)
     progress.write(f"{longest} non-finite steps in a row: rolled back to step {state.step} "
                    f"({run.paths.last if os.path.exists(run.paths.last) else 'no checkpoint yet'}) with the "
                    f"learning rate scaled by {state.lr_scale:g}")
@@ -2457,15 +2570,17 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
     config = run.config
     pin = run.device.type == "cuda"
     with contextlib.closing(EpochBatches(run.training_set, config, run.distributed, pin)) as batches:
-        total_steps = config["epochs"] * len(batches.of_epoch(0, False))
-        total_steps = min(total_steps, config["max_steps"] or total_steps)
+        # Epochs differ in their number of batches, so total_steps only estimates an epochs bound's steps (0: no
+        # bound, the budget alone paces the schedule).
+        bounds = [b for b in (config["epochs"] * len(batches.of_epoch(0, False, run.distributed.world_size)),
+                              config["max_steps"]) if b]
+        total_steps = min(bounds, default=0)
         interval, decision = Interval(), None
         began, recent = state.step, collections.deque(maxlen=31)  # this process's first step, its recent steps' seconds
-        # Epochs differ in their number of batches, so total_steps only estimates their count: max_steps alone
-        # stops by steps.
-        while state.epoch < config["epochs"] and not (config["max_steps"] and state.step >= config["max_steps"]):
+        while not bound_reached(state, config):
             progress_fraction = training_progress(state, clock, costs, total_steps)
             if decision is None or state.step % steps_between_decisions(run.distributed) == 0:
+                deciding = time.perf_counter()
                 decision = decide(run, state, clock, costs, stop_signals.received, progress_fraction)
                 if decision.save:
                     save_last(run, state, clock, costs)
@@ -2473,6 +2588,8 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
                     evaluate(run, state, clock, costs, "eval", progress)
                 if decision.stop:
                     return decision.stop
+                if decision.save or decision.evaluate:  # not training: out of the interval's speed
+                    interval.exclude(time.perf_counter() - deciding)
             started = time.perf_counter()
             if state.batch == 0 and decision.focus and not state.focus:
                 progress.write(f"epoch {state.epoch}: the last {config['focus_fraction']:.0%} of the budget trains on "
@@ -2488,8 +2605,14 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
                     raise
                 continue
             state.step += 1
-            interval.add(loss, accuracy, finite, batch_pairs)
             batches.advance(state)
+            # The process's first step (compiling, allocating) and any far slower than the recent ones (a compile
+            # for a new form) are left out of the interval's speed.
+            seconds = time.perf_counter() - started
+            timed = state.step > began + 1 and not (len(recent) >= 5 and seconds > 10 * costs.step)
+            interval.add(loss, accuracy, finite, batch_pairs if timed else 0)
+            if not timed:
+                interval.exclude(seconds)
             if state.step % config["log_every_n_steps"] == 0:
                 skipped = log_interval(run, state, clock, interval, run.optimizers[0].param_groups[0]["lr"],
                                        batches.epochs_done(state), progress)
@@ -2505,19 +2628,23 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
             if state.step > began + 1:
                 recent.append(time.perf_counter() - started)
                 costs.step = statistics.median(recent) if len(recent) >= 5 else costs.step
-        return "all epochs done" if state.epoch >= config["epochs"] else f"all {config['max_steps']} steps done"
+        return bound_reached(state, config)
 
 
 def finish(run, state, clock, costs, reason, progress):
     """After training: last.pt, a final evaluation when there is time for it, submission.json and the
     pictures. A stop signal skips the final evaluation and says how to resume. Returns the exit code."""
-    print(f"training stopped at step {state.step}, epoch {state.epoch} ({reason}), {clock.used():.0f}s used, "
+    stopped_at = clock.used()
+    print(f"training stopped at step {state.step}, epoch {state.epoch} ({reason}), {stopped_at:.0f}s used, "
           f"about {costs.final_seconds():.0f}s kept for the end")
     save_last(run, state, clock, costs)
     main_process = run.distributed.is_main
     if reason in ("SIGINT", "SIGTERM"):
-        if main_process:
-            submission_at_the_end(run, state, clock, costs, progress, may_predict=True)
+        # last.pt is written first; the test tasks are predicted only where that ends inside the grace
+        # torchrun's agent gives its workers before it kills them (no evaluation had run: the fallback is on disk).
+        grace = stop_grace_seconds() - (clock.used() - stopped_at)
+        fits = run.distributed.agree([costs.final_seconds() - costs.save <= grace], run.device)[0]
+        submission_at_the_end(run, state, clock, costs, progress, may_predict=bool(fits))
         print(f"stopped by {reason}: to continue, run the same command with --resume=True "
               f"(it restarts from {run.paths.last} at step {state.step})")
         return 128 + int(getattr(signal, reason))
@@ -2531,7 +2658,7 @@ def finish(run, state, clock, costs, reason, progress):
         evaluate(run, state, clock, costs, "final eval", progress)
     elif run.evaluation:
         print("final eval: skipped, the time left is kept for the test prediction")
-    unscored = submission_at_the_end(run, state, clock, costs, progress, may_predict=True) if main_process else None
+    unscored = submission_at_the_end(run, state, clock, costs, progress, may_predict=True)
     record(run, {"kind": "end", "step": state.step, "elapsed": round(clock.used(), 2)})
     if main_process and draw_pictures(run, costs, progress, unscored) and "ipykernel" in sys.modules:
         from IPython.display import Image, display  # a notebook shows the pictures under the cell
@@ -2539,6 +2666,15 @@ def finish(run, state, clock, costs, reason, progress):
             if os.path.exists(path):
                 display(Image(filename=path))
     return 0
+
+
+def stop_grace_seconds(environ=os.environ):
+    """Seconds a stopped run has to finish once told to stop: under torchrun, the time its agent waits after
+    passing SIGTERM on before it kills the workers (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default); alone,
+    no limit is known."""
+    if "TORCHELASTIC_RUN_ID" not in environ:
+        return math.inf
+    return float(environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
 
 
 def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PROCESS):
@@ -2559,7 +2695,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
                                          prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
                   num_inputs(predicted), views, adapt_tasks=len(adapted),
                   adapt_task=seconds_per_adaptation(run.model, adapted, training_set, config, run.device,
-                                                    run.amp_dtype))
+                                                    run.amp_dtype), processes=distributed.world_size)
     costs.views = fitting_views(costs, clock, views)
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "

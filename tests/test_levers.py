@@ -70,11 +70,11 @@ def test_adapted_predictions_put_the_shared_weights_back_differ_from_the_shared_
     model = tf.ARCTransformer(config, training_set.num_embeddings)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     cpu = torch.device("cpu")
-    adapted, seconds, skipped = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None,
-                                                 deadline=tf.time.perf_counter() + 60.0)
+    adapted, seconds, skipped, *_ = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None,
+                                                     deadline=tf.time.perf_counter() + 60.0)
     assert seconds > 0 and skipped == 0 and set(adapted) == {"hidden3", "hidden2"}
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
-    shared, no_seconds, _ = tf.adapted_votes(model, tasks["test"], training_set, {**config, "adapt_steps": 0}, cpu, None)
+    shared, no_seconds, *_ = tf.adapted_votes(model, tasks["test"], training_set, {**config, "adapt_steps": 0}, cpu, None)
     assert no_seconds == 0.0
     plain = tf.predict_tasks(tasks["test"], training_set, tf.model_predictor(model, cpu, None), config)
     assert all(tf.grid_key(a) == tf.grid_key(b) for task_id in plain
@@ -83,8 +83,8 @@ def test_adapted_predictions_put_the_shared_weights_back_differ_from_the_shared_
     assert any(tf.grid_key(a) != tf.grid_key(b) for task_id in plain
                for va, vb in zip(adapted[task_id], plain[task_id]) for a, b in zip(va.candidates, vb.candidates))
     # past its deadline no task adapts: the shared weights predict them all
-    late, no_seconds, skipped = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None,
-                                                 deadline=tf.time.perf_counter() - 1.0)
+    late, no_seconds, skipped, *_ = tf.adapted_votes(model, tasks["test"], training_set, config, cpu, None,
+                                                     deadline=tf.time.perf_counter() - 1.0)
     assert no_seconds == 0.0 and skipped == 2
     assert all(tf.grid_key(a) == tf.grid_key(b) for task_id in plain
                for va, vb in zip(late[task_id], plain[task_id]) for a, b in zip(va.candidates, vb.candidates))

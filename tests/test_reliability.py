@@ -106,12 +106,24 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_one_and_the_run_goes_o
     assert not [name for name in os.listdir(tmp_path / "ck") if ".tmp" in name]
 
 
+HOLD_LOCK = ("import os, signal, sys, time; sys.path.insert(0, sys.argv[2]); import train_full as tf; "
+             "tf.RunLock(sys.argv[1]).__enter__(); print('locked', flush=True); "
+             "time.sleep(300) if sys.argv[3] == 'live' else os.kill(os.getpid(), signal.SIGKILL)")
+
+
+def hold_lock(folder, how):
+    """A process that takes the folder's run.lock as a run does, then sleeps ('live') or is killed ('killed')."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), ROOT, how], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    if how == "killed":
+        holder.wait()
+    return holder
+
+
 def test_a_second_run_on_the_same_checkpoint_folder_refuses(tmp_path, capsys):
     args, _ = folders(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = hold_lock(tmp_path / "ck", "live")
     try:
-        (tmp_path / "ck").mkdir()
-        (tmp_path / "ck" / "run.lock").write_text(str(holder.pid))
         assert tf.main([*TINY, *args], presets={}) == 2
         assert f"process {holder.pid} is using this checkpoint folder" in capsys.readouterr().err
         assert os.listdir(tmp_path / "ck") == ["run.lock"]
@@ -120,6 +132,25 @@ def test_a_second_run_on_the_same_checkpoint_folder_refuses(tmp_path, capsys):
         holder.wait()
     assert tf.main([*TINY, *args], presets={}) == 0  # a dead holder's lock is taken over
     assert not (tmp_path / "ck" / "run.lock").exists()
+
+
+def test_a_copied_folder_whose_lock_names_a_reused_live_process_id_resumes(tmp_path, capsys):
+    # A killed run's folder, copied into a new session (Kaggle's way to resume) where its process id now names a
+    # live process that is no run.
+    args, _ = folders(tmp_path)
+    assert tf.main([*TINY, *args], presets={}) == 0
+    killed = hold_lock(tmp_path / "ck", "killed")
+    lock = tmp_path / "ck" / "run.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        lock.write_text(lock.read_text().replace(str(killed.pid), str(other.pid)))
+        assert str(other.pid) in lock.read_text()
+        assert tf.main([*TINY, "--resume=True", "--epochs=5", *args], presets={}) == 0
+        assert "resumed from" in capsys.readouterr().out
+    finally:
+        other.kill()
+        other.wait()
+    assert not lock.exists()
 
 
 def test_a_truncated_checkpoint_is_refused_by_name_and_kept(tmp_path, capsys):
@@ -198,3 +229,23 @@ def test_non_finite_steps_are_skipped_and_repeated_ones_roll_back_at_a_lower_rat
     checkpoint = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
     assert checkpoint["state"]["nonfinite_steps"] == 4 and checkpoint["state"]["lr_scale"] == 0.5
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
+def test_a_non_finite_task_embedding_row_gradient_skips_the_whole_step():
+    from test_model import CONFIG, model_and_batch
+
+    class NanInOneRow(tf.Distributed):  # the rows' gradients are averaged here, and nowhere else
+        def average(self, tensor):
+            tensor[1, 0] = float("nan")
+            return tensor
+    model, grids = model_and_batch()
+    optimizers = tf.make_optimizers(model, CONFIG)
+    canvases = tf.encode_grids(grids, (8, 6)).astype(np.int64)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    loss, _, finite = tf.train_step(model, optimizers, torch.amp.GradScaler("cpu", enabled=False),
+                                    (canvases, canvases, np.array([0, 1, 2])), 1.0, torch.device("cpu"), None, CONFIG,
+                                    distributed=NanInOneRow())
+    assert not bool(finite) and float(loss) == 0.0
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    state = optimizers[2].state[model.task_embedding.weight]
+    assert all(torch.equal(state[key], torch.zeros_like(state[key])) for key in ("exp_avg", "exp_avg_sq"))

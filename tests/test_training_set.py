@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import numpy as np
@@ -229,3 +230,36 @@ def test_batches_built_ahead_on_a_thread_are_the_ones_of_their_place(tmp_path):
         assert state.epoch >= 1 and state.focus and batches.ahead is not None
         state.epoch, state.batch, state.focus = 0, 1, False  # a rollback: last.pt's place
     batches.close()
+
+
+@pytest.mark.parametrize("before, after", [(1, 2), (2, 1), (1, 3)])
+def test_an_epoch_resumed_late_on_another_number_of_processes_trains_each_of_its_pairs_once(tmp_path, before, after):
+    """A run stopped two batches before its epoch's end goes on with another number of processes: the epoch ends
+    in the batches it was planned in (each split the new way), the next is planned for the new number."""
+    tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), small_dataset()))
+    config = {**CONFIG, "num_augmentations": 4, "batch_size": 2}
+    training_set = tf.build_training_set(tasks, config)
+    plan = tf.epoch_batches(training_set, config, 0, processes=before)
+    later = tf.epoch_batches(training_set, config, 0, processes=after)
+    assert len(plan) - 2 >= len(later) if after > before else len(plan) < len(later)  # past the other plan's end
+
+    def train(processes, state, steps):
+        batches, trained = tf.EpochBatches(training_set, config, tf.Distributed(0, processes)), []
+        for _ in range(steps):
+            batches.next(state, False)
+            pairs, augmentations = batches.current(state)[state.batch]
+            trained += list(zip(pairs.tolist(), augmentations.tolist()))
+            batches.advance(state)
+        batches.close()
+        return trained
+
+    state = tf.TrainState()
+    trained = train(before, state, len(plan) - 2)
+    resumed = tf.TrainState(**dataclasses.asdict(state))  # as last.pt keeps it
+    trained += train(after, resumed, 2)
+    assert resumed.epoch == 1 and resumed.batch == 0
+    assert sorted(trained) == sorted(zip(np.concatenate([p for p, _ in plan]).tolist(),
+                                         np.concatenate([a for _, a in plan]).tolist()))
+    assert len(trained) == len(training_set.inputs)
+    train(after, resumed, 1)
+    assert resumed.plan_processes == after
