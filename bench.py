@@ -349,14 +349,16 @@ def adaptation_batches_spread(training_set, config, count):
     return [tf.adaptation_batches(training_set, t, {**config, "adapt_steps": 1})[0] for t in chosen]
 
 
-def designed_graphs(tokens, device, amp_dtype):
-    """(graphs, why) that a compiled trunk needs for training at these token counts and for prediction: one a form
-    of attention training takes (on a CPU in bf16 two, written out under CPU_SHORT_ATTENTION tokens and fused from
-    there) and one for prediction, which takes no gradient."""
-    forms = {count < tf.CPU_SHORT_ATTENTION for count in tokens} if device.type == "cpu" and amp_dtype else {False}
-    why = ("training with attention written out and fused, prediction" if len(forms) == 2 else
-           "training, prediction")
-    return len(forms) + 1, why
+def designed_graphs(shapes, prefix, device, amp_dtype):
+    """(graphs, why) that a compiled trunk needs for training batches of these (batch, height, width) and for
+    prediction, which takes no gradient: one each on a GPU. On a CPU, training takes one a form: in bf16 attention is
+    written out under CPU_SHORT_ATTENTION tokens, and inductor's C++ code sums a gradient over more than 4,096 rows
+    (pairs x cells, pairs x tokens) in chunks (codegen/cpp.py, need_use_acc_helper), each a guard on the shape."""
+    if device.type != "cpu":
+        return 2, "training, prediction"
+    forms = {(amp_dtype is not None and prefix + h * w < tf.CPU_SHORT_ATTENTION, b * h * w > 4096, b * (prefix + h * w) > 4096)
+             for b, h, w in shapes}
+    return len(forms) + 1, f"{len(forms)} training form(s) on a CPU, prediction"
 
 
 def compile_counting(model, graphs):
@@ -434,10 +436,9 @@ def self_check(argv):
         for batch in batches + adaptation:
             tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
         prediction = tf.seconds_per_prediction(predictor, jobs, config["batch_size"])  # two batches of spread sides
-        shapes = {batch[0].shape[1:] for batch in batches + adaptation}
-        tokens = [config["num_prefix_tokens"] + height * width for height, width in shapes]
-        needed, why = designed_graphs(tokens, device, amp_dtype)
-        rows.append(("compile", f"{len(graphs)} graph(s) for the model over {len(shapes)} canvas shapes of training and "
+        shapes = {batch[0].shape for batch in batches + adaptation}
+        needed, why = designed_graphs(shapes, config["num_prefix_tokens"], device, amp_dtype)
+        rows.append(("compile", f"{len(graphs)} graph(s) for the model over {len(shapes)} batch shapes of training and "
                      f"adaptation and the sides of prediction, the {needed} the design needs ({why}), "
                      f"{time.perf_counter() - start:.0f}s" if config["compile"] else "off (compile=False)",
                      not config["compile"] or len(graphs) == needed))

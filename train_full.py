@@ -802,7 +802,7 @@ def attention(q, k, v, keep):
 
 @functools.lru_cache(maxsize=None)
 def rotary_angles(height, width, head_dim, num_prefix_tokens, device, dtype=torch.float32):
-    """(cos, sin), each (prefix + height * width, 2, 1, head_dim), for 2-D rotary positions: a query's and a key's
+    """(cos, sin), each (prefix + height * width, 1, 1, head_dim), for 2-D rotary positions: a query's and a key's
     features (i, i + head_dim / 2) are turned as a pair, by their cell's row in half the pairs and by its column
     in the other half, so the attention between two cells depends on the offset between them, not on where
     they are (mdlARC's positions; EXPERIMENTS.md, session 20). The prefix tokens and the values are not turned.
@@ -818,7 +818,9 @@ def rotary_angles(height, width, head_dim, num_prefix_tokens, device, dtype=torc
     angles = torch.cat([torch.zeros(num_prefix_tokens, half, device=device),
                         torch.cat([row_angles, column_angles], dim=1)])
     cos, sin = torch.cat([angles.cos()] * 2, dim=1), torch.cat([-angles.sin(), angles.sin()], dim=1)
-    return torch.stack([cos, cos], dim=1)[:, :, None].to(dtype), torch.stack([sin, sin], dim=1)[:, :, None].to(dtype)
+    # (tokens, 1, 1, head_dim): one turn for queries and keys alike, broadcast; a dimension of 2 here would be
+    # taken by the compiler for a batch of 2 pairs, and a batch of any other size compiled again.
+    return cos[:, None, None].to(dtype), sin[:, None, None].to(dtype)
 
 
 def rotate(qk, cos, sin):

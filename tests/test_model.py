@@ -38,7 +38,7 @@ def test_rotary_positions_make_attention_scores_depend_on_the_offset_between_cel
     cos, sin = tf.rotary_angles(5, 6, head_dim=16, num_prefix_tokens=2, device=torch.device("cpu"))
     torch.manual_seed(0)
     q, k = torch.randn(2, 16)
-    assert cos.shape == sin.shape == (32, 2, 1, 16)  # queries and keys alone: the values are not turned
+    assert cos.shape == sin.shape == (32, 1, 1, 16)  # queries and keys alike (the values are not turned)
     turned = tf.rotate(torch.stack([q, k])[:, None].expand(1, 32, 2, 1, 16), cos, sin)[0, :, :, 0]  # (tokens, q/k, 16)
     scores = turned[:, 0] @ turned[:, 1].T
 
