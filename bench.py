@@ -317,7 +317,7 @@ def batch_wait(config, steps=60, step_seconds=0.02):
     batches, state = tf.EpochBatches(training_set, config, tf.SINGLE_PROCESS), tf.TrainState()
     inline, ahead = [], []
     for _ in range(steps):
-        place = (state.epoch, state.batch, state.focus)
+        place = (state.epoch, state.batch, state.focus, state.plan_processes)
         start = time.perf_counter()
         batches.build(*place)
         inline.append(time.perf_counter() - start)
