@@ -15,7 +15,7 @@ HOURS = 11.0
 # The device's time as the run measures it. A step is priced far above an L4's (~20 ms for 64 pairs a GPU) so
 # that the walk takes seconds: the stop, the decay, the focus and the intervals all go by time, so the speed moves
 # only how many steps fall between them (and an epochs bound, which the preset has none of: the last test).
-STEP_SECONDS = 1.0
+STEP_SECONDS = 2.0
 ADAPT_SECONDS = 0.6       # 32 adaptation steps of 8 pairs, host-bound at ~18 ms each
 PREDICT_SECONDS = 0.004   # a test input under one view
 SAVE_SECONDS = 6.0        # last.pt of the kaggle model: 4.7M weights and 20M task-embedding numbers, with their Adam state
