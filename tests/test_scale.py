@@ -137,6 +137,9 @@ def test_the_kaggle_preset_trains_to_its_budget_and_keeps_its_intervals_on_any_n
     save_gaps = np.diff(saves[:-1])  # the last is the end's
     assert len(saves) >= int(stopped // (1800 + evaluation + SAVE_SECONDS))
     assert (save_gaps >= 1800).all() and (save_gaps <= 1800 + evaluation + SAVE_SECONDS + 10 * STEP_SECONDS).all()
+    # The log's speed is the training's own: evaluations, saves and the process's first step are left out of it.
+    train = [m for m in metrics if m["kind"] == "train"]
+    assert {m["step_ms"] for m in train} == {1000 * STEP_SECONDS}
     tf.validate_submission(json.load(open(tmp_path / "out" / "submission.json")), tasks["test"])
 
 
