@@ -522,9 +522,9 @@ def decode_grid(canvas):
 
 
 # -----------------------------------------------------------------------------
-# Augmentation: one of the 8 rotations/reflections and a permutation of colours 1..9 (0 stays the
-# background), applied to every grid of a task alike. Each has an exact inverse, so a prediction made
-# on an augmented task can be mapped back and voted on.
+# Augmentation: one of the 8 rotations/reflections and a permutation of colours 1..9 (0 stays the background,
+# and so do the colours only a task's demonstration outputs have), applied to every grid of a task alike. Each
+# has an exact inverse, so a prediction made on an augmented task can be mapped back and voted on.
 
 class Augmentation(NamedTuple):
     dihedral: int      # 0..7: transpose first when >= 4, then rotate 90 degrees (dihedral % 4) times
@@ -561,23 +561,35 @@ def augment_task(task, augmentation):
     return Task(task.id, task.split, train, apply(task.test_inputs), apply(task.test_outputs))
 
 
-def augmentation_table(count, seed, task_id):
-    """`count` distinct augmentations as arrays (dihedral (count,), colours (count, 10)), the identity first.
-    The draw depends only on (seed, task_id), in fixed-size chunks, so every run and every process gets
-    the same table, and a longer table begins with the shorter one."""
+def output_only_colours(task):
+    """The colours some demonstration output has and no demonstration input has: colours the task's rule writes
+    of its own ("fill with 4"). Read from the demonstrations alone, so no test output can steer them."""
+    seen = [set(np.unique(grid).tolist()) for pair in task.train for grid in pair]
+    return frozenset().union(*seen[1::2]) - frozenset().union(*seen[::2]) - {0}
+
+
+def augmentation_table(count, seed, task_id, fixed=frozenset()):
+    """`count` augmentations as arrays (dihedral (count,), colours (count, 10)), the identity first, distinct
+    while the task has that many. Colours in `fixed` (output_only_colours) keep their place in every view, so
+    that the task's shared embedding row can hold them instead of each view's row learning its own recolouring
+    (mdlARC's rule; EXPERIMENTS.md, sessions 20-21); a task with too few free colours repeats its views. The
+    draw depends only on (seed, task_id, fixed), in fixed-size chunks, so every run and every process gets the
+    same table, and a longer table begins with the shorter one."""
     if not 1 <= count <= NUM_DISTINCT_AUGMENTATIONS:
         raise ValueError(f"num_augmentations must be 1..{NUM_DISTINCT_AUGMENTATIONS}, got {count}")
+    free = np.array([c for c in range(1, 10) if c not in fixed], dtype=np.uint8)
     rng = np.random.default_rng([seed, zlib.crc32(task_id.encode())])
     chunk = 256
     rows = np.array([[0, *range(10)]], dtype=np.uint8)
     digits = 16 ** np.arange(11, dtype=np.int64)  # a row as one int64, so duplicates are found in 1-D
-    while len(rows) < count:
-        colours = rng.permuted(np.tile(np.arange(1, 10, dtype=np.uint8), (chunk, 1)), axis=1)
+    while len(rows) < min(count, 8 * math.factorial(len(free))):
+        colours = np.tile(np.arange(1, 10, dtype=np.uint8), (chunk, 1))
+        colours[:, free - 1] = rng.permuted(np.tile(free, (chunk, 1)), axis=1)
         dihedral = rng.integers(0, 8, size=(chunk, 1), dtype=np.uint8)
         rows = np.concatenate([rows, np.concatenate([dihedral, np.zeros((chunk, 1), np.uint8), colours], axis=1)])
         _, first = np.unique(rows.astype(np.int64) @ digits, return_index=True)  # first occurrences
         rows = rows[np.sort(first)]
-    rows = rows[:count]
+    rows = rows[np.arange(count) % len(rows)]
     return rows[:, 0].astype(np.int64), rows[:, 1:]
 
 
@@ -640,7 +652,7 @@ def build_training_set(tasks, config):
     held_out_ids = {task.id for split in ("evaluation", "test") for task in tasks[split]}
     held_out_inputs = {grid_key(grid) for split in ("evaluation", "test")
                        for task in tasks[split] for grid in task.test_inputs}
-    task_index = {}
+    task_index, first_seen = {}, {}
     task_splits = []
     inputs, outputs, pair_task = [], [], []
     seen_pairs = set()
@@ -651,7 +663,7 @@ def build_training_set(tasks, config):
             if split == "training" and task.test_outputs is not None and task.id not in held_out_ids:
                 pairs += list(zip(task.test_inputs, task.test_outputs))
             if task.id not in task_index:
-                task_index[task.id] = len(task_index)
+                task_index[task.id], first_seen[task.id] = len(task_index), task
                 task_splits.append(split)
             index = task_index[task.id]
             for grid_in, grid_out in pairs:
@@ -665,7 +677,8 @@ def build_training_set(tasks, config):
                 inputs.append(grid_in)
                 outputs.append(grid_out)
                 pair_task.append(index)
-    tables = [augmentation_table(config["num_augmentations"], config["seed"], task_id) for task_id in task_index]
+    tables = [augmentation_table(config["num_augmentations"], config["seed"], task_id, output_only_colours(task))
+              for task_id, task in first_seen.items()]
     return TrainingSet(list(task_index), task_splits, inputs, outputs, np.array(pair_task, dtype=np.int64),
                        np.stack([t[0] for t in tables]), np.stack([t[1] for t in tables]), num_dropped)
 
@@ -2233,9 +2246,10 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
 class EpochBatches:
     """The run's batches in order, epoch after epoch, read at the place a TrainState holds: this owns the
     epoch rollover and the focus switch. An epoch's batches follow from (seed, epoch, focus, the processes it
-    began on) alone, so a resumed run replays the ones it stopped in, on any number of processes. The next place's batch is built on a background thread
-    while the device computes this one (its tensors page-locked for a GPU); a place other than the one
-    guessed (a focus switch, a rollback) has its batch built when asked, so the order is the same either way."""
+    began on) alone, so a resumed run replays the ones it stopped in, on any number of processes. The next
+    place's batch is built on a background thread while the device computes this one (its tensors page-locked
+    for a GPU); a place other than the one guessed (a focus switch, a rollback) has its batch built when asked,
+    so the order is the same either way."""
     def __init__(self, training_set, config, distributed, pin=False):
         self.training_set, self.config, self.distributed, self.pin = training_set, config, distributed, pin
         self.plans, self.lock = {}, threading.Lock()

@@ -71,3 +71,28 @@ def test_an_impossible_count_is_refused():
         tf.augmentation_table(0, seed=0, task_id="a")
     with pytest.raises(ValueError, match="num_augmentations"):
         tf.augmentation_table(tf.NUM_DISTINCT_AUGMENTATIONS + 1, seed=0, task_id="a")
+
+
+def test_colours_only_the_demonstration_outputs_have_are_found_from_the_demonstrations_alone():
+    grid = np.array([[0, 1], [2, 2]], np.uint8)
+    filled = np.array([[4, 1], [4, 9]], np.uint8)
+    task = tf.Task("t", "evaluation", [(grid, filled), (grid + 3, grid)], [grid], [np.full((2, 2), 7, np.uint8)])
+    assert tf.output_only_colours(task) == {9}  # 4 is in an input (grid + 3); 7 only in a test output; 0 never
+
+
+def test_fixed_colours_keep_their_place_in_every_view_and_the_rest_are_drawn_as_before():
+    dihedral, colours = tf.augmentation_table(300, seed=3, task_id="t", fixed=frozenset({4, 7}))
+    assert (colours[:, 4] == 4).all() and (colours[:, 7] == 7).all()
+    assert len({(int(d), c.tobytes()) for d, c in zip(dihedral, colours)}) == 300
+    assert (np.sort(colours, axis=1) == np.arange(10)).all() and len(set(colours[:, 1].tolist())) == 7
+    again = tf.augmentation_table(300, seed=3, task_id="t", fixed=frozenset({7, 4}))
+    assert np.array_equal(again[0], dihedral) and np.array_equal(again[1], colours)
+    # With nothing fixed, the table is the one every earlier checkpoint's embeddings were trained under.
+    plain = tf.augmentation_table(300, seed=3, task_id="t")
+    assert not np.array_equal(plain[1], colours) and plain[1][1].tolist() != list(range(10))
+
+
+def test_a_task_with_too_few_free_colours_repeats_its_distinct_views():
+    dihedral, colours = tf.augmentation_table(20, seed=0, task_id="t", fixed=frozenset(range(1, 9)))
+    assert (colours == np.arange(10)).all()  # only 9 is free: its one place
+    assert len(set(dihedral[:8].tolist())) == 8 and np.array_equal(dihedral[8:16], dihedral[:8])

@@ -263,3 +263,14 @@ def test_an_epoch_resumed_late_on_another_number_of_processes_trains_each_of_its
     assert len(trained) == len(training_set.inputs)
     train(after, resumed, 1)
     assert resumed.plan_processes == after
+
+
+def test_an_evaluation_or_test_output_never_steers_the_augmentation_tables(tmp_path):
+    # A colour planted in held-out test outputs alone would be "only in outputs" if they were read.
+    plain = tf.build_training_set(tf.load_kaggle_folder(planted_kaggle_folder(str(tmp_path / "a"), [])), CONFIG)
+    tasks = tf.load_kaggle_folder(planted_kaggle_folder(str(tmp_path / "b"), [("evaluation", "evalB", 2),
+                                                                                ("test", "hidden1", 1)]))
+    planted = tf.build_training_set(tasks, CONFIG)
+    assert np.array_equal(plain.colours, planted.colours) and np.array_equal(plain.dihedral, planted.dihedral)
+    fixed = [tf.output_only_colours(task) for split in tf.SPLITS for task in tasks[split]]
+    assert any(fixed)  # the data has some: the tables are made with them
