@@ -2712,7 +2712,7 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
                   num_inputs(predicted), views, adapt_tasks=len(adapted),
                   adapt_task=seconds_per_adaptation(run.model, adapted, training_set, config, run.device,
                                                     run.amp_dtype), processes=distributed.world_size)
-    costs.views = fitting_views(costs, clock, views)
+    costs.views = distributed.agree([fitting_views(costs, clock, views)], run.device)[0]  # rank 0's timing, for all
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "
               f"{costs.final_seconds(views):.0f}s of the {clock.budget - clock.used():.0f}s left: "
