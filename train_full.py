@@ -2411,7 +2411,7 @@ def evaluate(run, state, clock, costs, kind, progress):
                    + (" | new best" if improved else ""))
     parts = [predicted] + ([submit(run, clock, costs, progress, f"the weights of step {state.step}", predicted.votes)]
                            if improved else [])
-    adapting, tasks, inputs = (sum(part[i] for part in parts) for i in (1, 3, 4))
+    adapting, tasks, inputs = (sum(getattr(part, field) for part in parts) for field in ("adapting", "tasks", "inputs"))
     costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * inputs, 1)
     if tasks and run.config["adapt_steps"] and not any(part.skipped for part in parts):
         costs.adapt_task = adapting / tasks
