@@ -99,7 +99,7 @@ CONFIG = {
     # hardware
     "device": "auto",            # auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...
     "dtype": "auto",             # auto (bf16 on GPUs that have it, fp16 + scaler on others; on CPU bf16 from
-                                 # embed_dim 256 with AMX units, 128 with AVX-512 bf16, else fp32), float32,
+                                 # embed_dim 256 with AMX units, 128 with AMD AVX-512 bf16, else fp32), float32,
                                  # bfloat16, float16
     "compile": True,             # torch.compile the model's trunk: a minute of compiling for faster steps
 }
@@ -1043,13 +1043,11 @@ def choose_device(config, distributed=SINGLE_PROCESS):
 
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# A training step in bf16 against fp32 on CPUs with bf16 matrix instructions: on an AMX Xeon 1.9x at width 256,
-# 0.5-1.0x at 128, 0.8x at 64; on an AMD EPYC with AVX-512 bf16 (no AMX) 1.36x at 256, 1.14-1.25x at 128, 0.63x
-# at 64, and with short attention written out (attention() above) 1.69x at 128, 0.92x at 64 (the Xeon's figures
-# predate that). Below these widths the conversions cost what the matrix units save. The first units a CPU has
-# decide.
-CPU_BF16_UNITS = {"amx_bf16": ("AMX bf16 matrix units", 256), "avx512_bf16": ("AVX-512 bf16 instructions", 128)}
-
+# A training step in bf16 against fp32 on CPUs with bf16 matrix instructions: 1.9x on an AMX Xeon at width 256,
+# 1.69x on an AMD EPYC's AVX-512 bf16 at 128; below those widths, and on an Intel Xeon showing AVX-512 bf16 without
+# AMX (0.69x at 128, 0.77x at 256), the conversions cost what the instructions save (EXPERIMENTS.md, session 22).
+# The first units a CPU has (with its maker named, where the units pay on one maker's chips alone) decide.
+CPU_BF16_UNITS = {"amx_bf16": ("AMX bf16 matrix units", 256, ""), "avx512_bf16": ("AVX-512 bf16 instructions", 128, "AMD")}
 
 def choose_precision(config, device):
     """(autocast dtype or None for fp32, the reason), by a rule that gives the same choice on the same
@@ -1065,10 +1063,11 @@ def choose_precision(config, device):
         return torch.float16, (f"fp16 autocast with a gradient scaler: compute capability {major}.{minor} has no "
                                "bf16 units (they need 8.0, e.g. L4, A100, H100)")
     capabilities = torch.cpu.get_capabilities()
-    units = next((units for key, units in CPU_BF16_UNITS.items() if capabilities.get(key)), None)
+    units = next((units for key, units in CPU_BF16_UNITS.items()
+                  if capabilities.get(key) and units[2] in str(capabilities.get("cpu_name", ""))), None)
     if units is None:
-        return None, "fp32: the CPU has no bf16 matrix units (AMX or AVX-512 bf16)"
-    name, min_width = units
+        return None, "fp32: the CPU has no bf16 matrix units that pay (AMX, or AVX-512 bf16 on AMD)"
+    name, min_width, _ = units
     if config["embed_dim"] < min_width:
         return None, f"fp32: bf16 pays on this CPU's {name} from embed_dim {min_width}"
     return torch.bfloat16, f"bf16 autocast: the CPU has {name}"

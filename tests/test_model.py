@@ -121,8 +121,9 @@ def test_a_training_step_lowers_the_loss_on_its_batch():
 @pytest.mark.parametrize("capabilities, width, chosen, named", [
     ({"amx_bf16": True, "avx512_bf16": True}, 256, torch.bfloat16, "AMX"),
     ({"amx_bf16": True, "avx512_bf16": True}, 128, None, "AMX"),  # an AMX Xeon's rule, though it has AVX-512 bf16
-    ({"amx_bf16": False, "avx512_bf16": True}, 128, torch.bfloat16, "AVX-512 bf16"),
-    ({"avx512_bf16": True}, 64, None, "AVX-512 bf16"),
+    ({"amx_bf16": False, "avx512_bf16": True, "cpu_name": "AMD EPYC"}, 128, torch.bfloat16, "AVX-512 bf16"),
+    ({"avx512_bf16": True, "cpu_name": "AMD EPYC"}, 64, None, "AVX-512 bf16"),
+    ({"amx_bf16": False, "avx512_bf16": True, "cpu_name": "Intel Xeon"}, 256, None, "on AMD"),  # slower there
     ({"neon": True}, 512, None, "no bf16 matrix units")])
 def test_on_cpu_bf16_is_chosen_by_the_matrix_units_and_the_width_unless_a_precision_is_configured(
         monkeypatch, capabilities, width, chosen, named):
