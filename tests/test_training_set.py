@@ -85,7 +85,7 @@ def test_a_training_copy_of_a_held_out_task_gives_only_its_demonstrations(tmp_pa
     data["training"]["evalB"] = make_task(seed=99)              # same id, other content
     tasks = tf.load_kaggle_folder(write_kaggle_folder(str(tmp_path), data))
     training_set = tf.build_training_set(tasks, CONFIG)
-    assert training_set.num_dropped == 1                        # the copy's test pair
+    assert training_set.dropped == {"training pairs dropped (their input is a held-out test input)": 1}  # the copy's test pair
     answers = {tf.grid_key(g) for t in tasks["evaluation"] for g in t.test_outputs}
     assert not answers & {tf.grid_key(g) for g in training_set.outputs}
     evalb = training_set.task_ids.index("evalB")
