@@ -622,6 +622,12 @@ class TrainingSet:
         """{task id: task index}, built once: every prediction and adaptation looks its task up."""
         return {task_id: i for i, task_id in enumerate(self.task_ids)}
 
+    @functools.cached_property
+    def sides(self):
+        """(heights, widths) of each pair's canvas, unaugmented (both grids and their end markers), found once."""
+        shapes = np.array([(*i.shape, *o.shape) for i, o in zip(self.inputs, self.outputs)]).reshape(-1, 4)
+        return np.maximum(shapes[:, 0], shapes[:, 2]) + 1, np.maximum(shapes[:, 1], shapes[:, 3]) + 1
+
     @property
     def num_augmentations(self):
         return self.dihedral.shape[1]
@@ -706,13 +712,6 @@ def build_training_set(tasks, config):
 # are grouped and each batch is cut to its largest grid (PAD carries no loss and is masked out of attention, so
 # the cut changes the speed, not the result), with about batch_size x (the mean canvas) cells a batch.
 
-def pair_canvas_sides(training_set, canvas_size):
-    """(heights, widths) of each pair's own canvas, unaugmented: both grids and their end markers."""
-    heights = [max(i.shape[0], o.shape[0]) + 1 for i, o in zip(training_set.inputs, training_set.outputs)]
-    widths = [max(i.shape[1], o.shape[1]) + 1 for i, o in zip(training_set.inputs, training_set.outputs)]
-    return np.minimum(heights, canvas_size), np.minimum(widths, canvas_size)
-
-
 def focus_pairs(training_set):
     """Indices of the pairs of evaluation and test tasks (their demonstrations), or every ARC pair if none."""
     held_out = np.array([split in ("evaluation", "test") for split in training_set.task_splits])[training_set.pair_task]
@@ -737,7 +736,7 @@ def epoch_batches(training_set, config, epoch, focus=False, processes=1):
     pairs = epoch_pairs(training_set, config, rng, focus)
     order = pairs[rng.permutation(len(pairs))]
     augmentation = rng.integers(0, training_set.num_augmentations, size=len(order))
-    heights, widths = pair_canvas_sides(training_set, config["canvas_size"])
+    heights, widths = (np.minimum(sides, config["canvas_size"]) for sides in training_set.sides)
     batch_size = config["batch_size"] * processes
     cells_per_batch = batch_size * float(np.mean(heights[pairs] * widths[pairs]))
     dihedral = training_set.dihedral[training_set.pair_task[order], augmentation]
