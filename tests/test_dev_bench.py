@@ -29,3 +29,22 @@ def test_two_seeds_run_at_once_for_exactly_the_steps_asked_and_print_each_and_th
         assert "all 3 steps done" in open(tmp_path / "out" / f"seed{seed}" / "dev_bench.log").read()
         checkpoint = torch.load(tmp_path / "ck" / f"seed{seed}" / "last.pt", weights_only=True)
         assert checkpoint["config"]["seed"] == seed and checkpoint["state"]["step"] == 3
+
+
+def test_extra_data_never_brings_in_a_benchmark_task_by_its_id_or_an_input(tmp_path):
+    import dev_bench
+    import train_full as tf
+    from helpers import write_json
+    config = tf.parse_config(["--preset=dev"], presets=tf.load_presets(ROOT))
+    for hidden in (False, True):
+        tasks = dev_bench.benchmark_tasks(hidden)
+        benchmark = dev_bench.benchmark_tasks()["evaluation"]
+        folder = tmp_path / f"extra{hidden}"
+        write_json(str(folder / f"{benchmark[0].id}.json"), [{"input": [[1]], "output": [[2]]}])  # RE-ARC's, say
+        answer = {"input": benchmark[5].test_inputs[0].tolist(), "output": benchmark[5].test_outputs[0].tolist()}
+        write_json(str(folder / "copy.json"), [{"input": [[3]], "output": [[4]]}, answer])
+        write_json(str(folder / "fine.json"), [{"input": [[5]], "output": [[6]]}])
+        tasks["extra"] = tf.load_extra_data(str(folder))
+        training_set = tf.build_training_set(tasks, config)
+        assert training_set.dropped == {"extra tasks dropped (the id or an input of an evaluation or test task)": 2}
+        assert len(training_set.inputs) - training_set.extra_start == 1 and training_set.task_ids[-1] == "fine"
