@@ -485,6 +485,7 @@ def load_extra_data(folders):
                       for task in extra_file_tasks(os.path.join(root, name))]
     return tasks
 
+
 # -----------------------------------------------------------------------------
 # Canvas encoding. A grid is drawn at the top-left of a canvas of tokens: PAD, an end-of-grid marker
 # (EOS) and colours 0..9 as tokens 2..11. EOS cells close the grid on its right and bottom, so the model
@@ -1721,9 +1722,7 @@ def plot_eval_gallery(report, tasks, path, max_tasks=6):
 
 
 def resolve_output_dir(config):
-    if config["output_dir"]:
-        return config["output_dir"]
-    return KAGGLE_WORKING if os.path.isdir(KAGGLE_WORKING) else "outputs"
+    return config["output_dir"] or (KAGGLE_WORKING if os.path.isdir(KAGGLE_WORKING) else "outputs")
 
 
 # -----------------------------------------------------------------------------
@@ -1886,9 +1885,7 @@ def process_alive(pid):
 
 def remove_stale_temporaries(folder):
     """Delete the temporary files of writes that a killed process never finished (name.tmp<pid>)."""
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
         stem, _, pid = name.rpartition(".tmp")
         if stem and pid.isdigit() and not process_alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
