@@ -1126,6 +1126,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, keep):
+        kept = keep > 0
         for group in self.param_groups:
             lr, momentum = group["lr"], group["momentum"]
             decay = 1 - lr * group["weight_decay"] * keep
@@ -1136,7 +1137,7 @@ class Muon(torch.optim.Optimizer):
             for (rows, columns), parameters in shapes.items():
                 buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in parameters]
                 # A skipped step's gradients may be NaN, which a zero weight would still spread.
-                grads, buffer = torch.where(keep > 0, torch.stack([p.grad for p in parameters]), 0.0), torch.stack(buffers)
+                grads, buffer = torch.where(kept, torch.stack([p.grad for p in parameters]), 0.0), torch.stack(buffers)
                 buffer.lerp_(grads, (1 - momentum) * keep)
                 torch._foreach_copy_(buffers, buffer.unbind(0))
                 update = self.orthogonalise(grads.lerp(buffer, momentum), group["ns_steps"], group["eps"])
