@@ -62,6 +62,8 @@ CONFIG = {
     "num_heads": 4,              # attention heads (embed_dim must divide by it, evenly); 64 per head runs fastest
     "mlp_ratio": 4.0,            # SwiGLU hidden width, as a multiple of embed_dim (times 2/3)
     "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
+    "num_loops": 1,              # passes through the blocks per prediction, their weights shared (a looped core)
+    "conv_mlp": False,           # each SwiGLU's gate also sees its cell's 8 neighbours (a depthwise 3x3 convolution)
     # training
     "batch_size": 32,            # pairs per optimisation step and process (and canvases per prediction batch); the
                                  # rates below are for 32 pairs, and scale by sqrt(global batch / 32)
@@ -194,7 +196,7 @@ def parse_config(argv, defaults=CONFIG, presets=None):
     if config["embed_dim"] % (2 * config["num_heads"]):
         raise ConfigError(f"embed_dim ({config['embed_dim']}) must divide by num_heads ({config['num_heads']}) into an "
                           "even head width (rotary positions turn its features in pairs)")
-    for key in ("batch_size", "adapt_batch_size", "num_layers", "num_prefix_tokens", "warmup_steps",
+    for key in ("batch_size", "adapt_batch_size", "num_layers", "num_loops", "num_prefix_tokens", "warmup_steps",
                 "log_every_n_steps", "max_nonfinite_steps"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {config[key]}")
@@ -879,32 +881,38 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, dim, mlp_ratio):
+    def __init__(self, dim, mlp_ratio, conv=False):
         super().__init__()
         hidden = 8 * round(mlp_ratio * dim * 2 / 3 / 8)  # 2/3 keeps the parameter count of a GELU MLP
         self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
+        # LoopViT's convolutional GLU, added to the gate from zero: the block starts as a plain SwiGLU.
+        self.conv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False) if conv else None
 
-    def forward(self, x):
+    def forward(self, x, keep, shape):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
+        if self.conv is not None:  # PAD cells are zeroed first, so a cut canvas still predicts what the full one does
+            cells = keep[:, :, 0, -shape[0] * shape[1]:].unflatten(-1, shape)
+            grid = gate[:, -shape[0] * shape[1]:].transpose(1, 2).unflatten(-1, shape) * cells
+            gate = gate + F.pad(self.conv(grid).flatten(2).transpose(1, 2), (0, 0, x.shape[1] - grid[0, 0].numel(), 0))
         return self.down(F.silu(gate) * up)
 
 
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio):
+    def __init__(self, dim, num_heads, mlp_ratio, conv):
         super().__init__()
         self.attention_norm = nn.RMSNorm(dim)
         self.attention = Attention(dim, num_heads)
         self.mlp_norm = nn.RMSNorm(dim)
-        self.mlp = SwiGLU(dim, mlp_ratio)
+        self.mlp = SwiGLU(dim, mlp_ratio, conv)
 
-    def forward(self, x, keep, rotary):
+    def forward(self, x, keep, rotary, shape):
         x = x + self.attention(self.attention_norm(x), keep, rotary)
-        return x + self.mlp(self.mlp_norm(x))
+        return x + self.mlp(self.mlp_norm(x), keep, shape)
 
 
 MODEL_KEYS = ("canvas_size", "embed_dim", "num_layers", "num_heads", "mlp_ratio", "num_prefix_tokens",
-              "num_augmentations")
+              "num_augmentations", "num_loops", "conv_mlp")
 
 
 class ARCTransformer(nn.Module):
@@ -920,16 +928,18 @@ class ARCTransformer(nn.Module):
         self.token_embedding = nn.Embedding(VOCAB_SIZE, dim)
         self.row_embedding = nn.Embedding(config["canvas_size"], dim)
         self.column_embedding = nn.Embedding(config["canvas_size"], dim)
-        self.num_heads = config["num_heads"]
-        self.blocks = nn.ModuleList(Block(dim, config["num_heads"], config["mlp_ratio"])
+        self.num_heads, self.num_loops = config["num_heads"], config["num_loops"]
+        self.blocks = nn.ModuleList(Block(dim, config["num_heads"], config["mlp_ratio"], config["conv_mlp"])
                                     for _ in range(config["num_layers"]))
         self.norm = nn.RMSNorm(dim)
         self.head = nn.Linear(dim, VOCAB_SIZE, bias=False)
         for name, parameter in self.named_parameters():
             if name.endswith("proj.weight") or name.endswith("down.weight"):  # residual outputs: depth-scaled
-                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config["num_layers"]))
+                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config["num_layers"] * config["num_loops"]))
             elif parameter.dim() == 2 and name != "prefix_position":
                 nn.init.normal_(parameter, std=0.02)
+            elif name.endswith("conv.weight"):
+                nn.init.zeros_(parameter)
         # Zero: an unseen task starts from the shared model's behaviour, not from noise.
         nn.init.zeros_(self.task_embedding.weight)
 
@@ -954,12 +964,13 @@ class ARCTransformer(nn.Module):
                           canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         rotary = rotary_angles(height, width, x.shape[-1] // self.num_heads, self.num_prefix_tokens, x.device, dtype)
-        return self.trunk(x, keep, rotary).view(batch, height, width, VOCAB_SIZE)
+        return self.trunk(x, keep, rotary, (height, width)).view(batch, height, width, VOCAB_SIZE)
 
-    def trunk(self, x, keep, rotary):
-        """The blocks, the final norm and the head over the token sequence: what compile_model compiles."""
-        for block in self.blocks:
-            x = block(x, keep, rotary)
+    def trunk(self, x, keep, rotary, shape):
+        """The blocks (num_loops times over), the final norm and the head over the token sequence: what
+        compile_model compiles."""
+        for block in [*self.blocks] * self.num_loops:
+            x = block(x, keep, rotary, shape)
         return self.head(self.norm(x[:, self.num_prefix_tokens:]))
 
 
@@ -971,11 +982,7 @@ class Distributed:
     averages the transformer's gradients, this the task-embedding rows' (no parameter's); decisions that hang on a
     clock (stop, save, evaluate) are rank 0's, sent to all, so every process takes the same path."""
     def __init__(self, rank=0, world_size=1, local_rank=0):
-        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
-
-    @property
-    def is_main(self):
-        return self.rank == 0
+        self.rank, self.world_size, self.local_rank, self.is_main = rank, world_size, local_rank, rank == 0
 
     def agree(self, values, device):
         """Rank 0's list of ints, on every process."""
@@ -1526,16 +1533,12 @@ def score_predictions(attempts_by_task, solutions):
                              for i, truth in enumerate(truths)]
     results = [r for rs in per_task.values() for r in rs]
     pixels = [r["pixel_accuracy"] for r in results if r["pixel_accuracy"] is not None]
-    summary = {
-        "task_score": float(np.mean([np.mean([r["solved"] for r in rs]) for rs in per_task.values()]))
-        if per_task else 0.0,
-        "output_score": float(np.mean([r["solved"] for r in results])) if results else 0.0,
-        "shape_accuracy": float(np.mean([r["shape_ok"] for r in results])) if results else 0.0,
-        "pixel_accuracy": float(np.mean(pixels)) if pixels else 0.0,
-        "tasks_solved": sum(all(r["solved"] for r in rs) for rs in per_task.values()),
-        "num_tasks": len(per_task),
-        "num_outputs": len(results),
-    }
+    summary = {"task_score": float(np.mean([np.mean([r["solved"] for r in rs]) for rs in per_task.values()] or [0])),
+               "output_score": float(np.mean([r["solved"] for r in results] or [0])),
+               "shape_accuracy": float(np.mean([r["shape_ok"] for r in results] or [0])),
+               "pixel_accuracy": float(np.mean(pixels or [0])),
+               "tasks_solved": sum(all(r["solved"] for r in rs) for rs in per_task.values()),
+               "num_tasks": len(per_task), "num_outputs": len(results)}
     return per_task, summary
 
 

@@ -9,9 +9,9 @@ CONFIG = {**tf.CONFIG, "embed_dim": 32, "num_layers": 2, "num_heads": 4, "canvas
           "min_lr_ratio": 0.1}
 
 
-def model_and_batch(seed=0):
+def model_and_batch(seed=0, config=CONFIG):
     torch.manual_seed(seed)
-    model = tf.ARCTransformer(CONFIG, num_embeddings=6)
+    model = tf.ARCTransformer(config, num_embeddings=6)
     rng = np.random.default_rng(seed)
     grids = [rng.integers(0, 10, size=shape).astype(np.uint8) for shape in [(3, 5), (7, 2), (4, 4)]]
     return model, grids
@@ -23,15 +23,32 @@ def test_the_model_predicts_every_cell_of_the_canvas_over_the_vocabulary():
     assert model(canvases, torch.tensor([0, 1, 2])).shape == (3, 8, 6, tf.VOCAB_SIZE)
 
 
-def test_a_canvas_cut_to_the_batch_predicts_what_the_full_canvas_does():
-    model, grids = model_and_batch()
+@pytest.mark.parametrize("conv", [False, True])
+def test_a_canvas_cut_to_the_batch_predicts_what_the_full_canvas_does(conv):
+    model, grids = model_and_batch(config={**CONFIG, "conv_mlp": conv})
     with torch.no_grad():
         nn_ids = torch.tensor([1, 2, 3])
         model.task_embedding.weight.normal_()  # conditioning in play too
+        for block in model.blocks if conv else []:  # the convolutions start at zero: give them weights
+            block.mlp.conv.weight.normal_()
         cut_shape = tf.canvas_shape(grids, 12)
         cut = model(torch.from_numpy(tf.encode_grids(grids, cut_shape).astype(np.int64)), nn_ids)
         full = model(torch.from_numpy(tf.encode_grids(grids, (12, 12)).astype(np.int64)), nn_ids)
     assert torch.allclose(cut, full[:, :cut_shape[0], :cut_shape[1]], atol=1e-5)
+
+
+def test_a_looped_core_applies_its_blocks_again_with_the_same_weights():
+    looped, grids = model_and_batch(config={**CONFIG, "num_layers": 1, "num_loops": 2})
+    unrolled, _ = model_and_batch(config={**CONFIG, "num_layers": 2})
+    state = looped.state_dict()
+    unrolled.load_state_dict({**state, **{k.replace("blocks.0", "blocks.1"): v for k, v in state.items()}})
+    canvases = torch.from_numpy(tf.encode_grids(grids, (8, 6)).astype(np.int64))
+    with torch.no_grad():
+        once = tf.ARCTransformer({**CONFIG, "num_layers": 1}, num_embeddings=6)
+        once.load_state_dict(state)
+        assert torch.allclose(looped(canvases, torch.tensor([0, 1, 2])), unrolled(canvases, torch.tensor([0, 1, 2])))
+        assert not torch.allclose(looped(canvases, torch.tensor([0, 1, 2])), once(canvases, torch.tensor([0, 1, 2])))
+    assert sum(p.numel() for p in looped.parameters()) < sum(p.numel() for p in unrolled.parameters())
 
 
 def test_rotary_positions_make_attention_scores_depend_on_the_offset_between_cells_alone():
@@ -189,10 +206,11 @@ def test_progress_is_a_bar_where_a_person_watches_and_plain_lines_elsewhere(caps
     assert "step=8" in captured.err and captured.out == ""
 
 
-def test_compiled_blocks_train_and_predict_like_eager_ones():
+@pytest.mark.parametrize("config", [CONFIG, {**CONFIG, "conv_mlp": True, "num_loops": 2}])
+def test_compiled_blocks_train_and_predict_like_eager_ones(config):
     losses = []
     for compiled in (False, True):
-        model, grids = model_and_batch()
+        model, grids = model_and_batch(config=config)
         if compiled:
             tf.compile_model(model)
         optimizers = tf.make_optimizers(model, CONFIG)
