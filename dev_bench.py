@@ -118,7 +118,8 @@ def print_rows(rows, seconds):
     for name, summary in rows:
         among = summary.get("answer_among_candidates")
         print(f"  {name:<36} {summary['tasks_solved']:6g} tasks solved  task score {summary['task_score']:.4f}  "
-              f"outputs {summary['output_score']:.4f}" + ("" if among is None else f"  answer among candidates {among}"))
+              f"outputs {summary['output_score']:.4f}" + ("" if among is None else f"  answer among candidates {among:g} "
+              f"of {summary['num_outputs']} outputs ({summary['output_score'] * summary['num_outputs']:g} solved)"))
 
 
 def run_one(argv, hidden, start):

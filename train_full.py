@@ -63,7 +63,6 @@ CONFIG = {
     "mlp_ratio": 4.0,            # SwiGLU hidden width, as a multiple of embed_dim (times 2/3)
     "num_prefix_tokens": 2,      # task-embedding tokens placed before the canvas
     "num_loops": 1,              # passes through the blocks per prediction, their weights shared (a looped core)
-    "conv_mlp": False,           # each SwiGLU's gate also sees its cell's 8 neighbours (a depthwise 3x3 convolution)
     # training
     "batch_size": 32,            # pairs per optimisation step and process (and canvases per prediction batch); the
                                  # rates below are for 32 pairs, and scale by sqrt(global batch / 32)
@@ -881,38 +880,33 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, dim, mlp_ratio, conv=False):
+    def __init__(self, dim, mlp_ratio):
         super().__init__()
         hidden = 8 * round(mlp_ratio * dim * 2 / 3 / 8)  # 2/3 keeps the parameter count of a GELU MLP
         self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
-        # LoopViT's convolutional GLU, added to the gate from zero: the block starts as a plain SwiGLU.
-        self.conv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False) if conv else None
 
-    def forward(self, x, keep, shape):
+    def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        if self.conv is not None:  # PAD cells are zeroed first, so a cut canvas still predicts what the full one does
-            cells = keep[:, :, 0, -shape[0] * shape[1]:].unflatten(-1, shape)
-            grid = gate[:, -shape[0] * shape[1]:].transpose(1, 2).unflatten(-1, shape) * cells
-            gate = gate + F.pad(self.conv(grid).flatten(2).transpose(1, 2), (0, 0, x.shape[1] - grid[0, 0].numel(), 0))
         return self.down(F.silu(gate) * up)
 
 
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio, conv):
+    def __init__(self, dim, num_heads, mlp_ratio):
         super().__init__()
         self.attention_norm = nn.RMSNorm(dim)
         self.attention = Attention(dim, num_heads)
         self.mlp_norm = nn.RMSNorm(dim)
-        self.mlp = SwiGLU(dim, mlp_ratio, conv)
+        self.mlp = SwiGLU(dim, mlp_ratio)
 
-    def forward(self, x, keep, rotary, shape):
+    def forward(self, x, keep, rotary):
         x = x + self.attention(self.attention_norm(x), keep, rotary)
-        return x + self.mlp(self.mlp_norm(x), keep, shape)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 MODEL_KEYS = ("canvas_size", "embed_dim", "num_layers", "num_heads", "mlp_ratio", "num_prefix_tokens",
-              "num_augmentations", "num_loops", "conv_mlp")
+              "num_augmentations", "num_loops")
+NEWER_MODEL_KEYS = ("num_loops",)  # settings a checkpoint of an earlier version lacks
 
 
 class ARCTransformer(nn.Module):
@@ -929,7 +923,7 @@ class ARCTransformer(nn.Module):
         self.row_embedding = nn.Embedding(config["canvas_size"], dim)
         self.column_embedding = nn.Embedding(config["canvas_size"], dim)
         self.num_heads, self.num_loops = config["num_heads"], config["num_loops"]
-        self.blocks = nn.ModuleList(Block(dim, config["num_heads"], config["mlp_ratio"], config["conv_mlp"])
+        self.blocks = nn.ModuleList(Block(dim, config["num_heads"], config["mlp_ratio"])
                                     for _ in range(config["num_layers"]))
         self.norm = nn.RMSNorm(dim)
         self.head = nn.Linear(dim, VOCAB_SIZE, bias=False)
@@ -938,8 +932,6 @@ class ARCTransformer(nn.Module):
                 nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config["num_layers"] * config["num_loops"]))
             elif parameter.dim() == 2 and name != "prefix_position":
                 nn.init.normal_(parameter, std=0.02)
-            elif name.endswith("conv.weight"):
-                nn.init.zeros_(parameter)
         # Zero: an unseen task starts from the shared model's behaviour, not from noise.
         nn.init.zeros_(self.task_embedding.weight)
 
@@ -964,13 +956,13 @@ class ARCTransformer(nn.Module):
                           canvases.view(batch, -1) != PAD], dim=1)[:, None, None, :]
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         rotary = rotary_angles(height, width, x.shape[-1] // self.num_heads, self.num_prefix_tokens, x.device, dtype)
-        return self.trunk(x, keep, rotary, (height, width)).view(batch, height, width, VOCAB_SIZE)
+        return self.trunk(x, keep, rotary).view(batch, height, width, VOCAB_SIZE)
 
-    def trunk(self, x, keep, rotary, shape):
+    def trunk(self, x, keep, rotary):
         """The blocks (num_loops times over), the final norm and the head over the token sequence: what
         compile_model compiles."""
         for block in [*self.blocks] * self.num_loops:
-            x = block(x, keep, rotary, shape)
+            x = block(x, keep, rotary)
         return self.head(self.norm(x[:, self.num_prefix_tokens:]))
 
 
@@ -1001,8 +993,7 @@ class Distributed:
 
     def sum(self, tensor):
         if self.world_size > 1:
-            tensor = tensor.clone()
-            dist.all_reduce(tensor)
+            dist.all_reduce(tensor := tensor.clone())
         return tensor
 
     def average(self, tensor):
@@ -1780,12 +1771,12 @@ def load_checkpoint(path, config, task_ids=None):
     except Exception as error:  # torch raises many kinds for truncated or foreign files; all mean "unreadable"
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(error).__name__}: {error})") from None
     if not (isinstance(checkpoint, dict) and {"model", "config", "task_ids"} <= set(checkpoint)
-            and set(MODEL_KEYS) <= set(checkpoint["config"])):
+            and set(MODEL_KEYS) - set(NEWER_MODEL_KEYS) <= set(checkpoint["config"])):
         raise CheckpointError(f"{path}: not a checkpoint of train_full.py (no model, config and task ids)")
     for key in MODEL_KEYS:
-        if checkpoint["config"][key] != config[key]:
-            raise CheckpointError(f"{path}: made with {key}={checkpoint['config'][key]!r} but this run has "
-                                  f"{key}={config[key]!r}")
+        made = checkpoint["config"].get(key, CONFIG[key])  # a checkpoint older than the setting: its default
+        if made != config[key]:
+            raise CheckpointError(f"{path}: made with {key}={made!r} but this run has {key}={config[key]!r}")
     if task_ids is not None and checkpoint["task_ids"] != list(task_ids):
         differ = len(set(checkpoint["task_ids"]) ^ set(task_ids))
         raise CheckpointError(f"{path}: made for other tasks ({len(checkpoint['task_ids'])} tasks there, "

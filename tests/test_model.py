@@ -23,14 +23,11 @@ def test_the_model_predicts_every_cell_of_the_canvas_over_the_vocabulary():
     assert model(canvases, torch.tensor([0, 1, 2])).shape == (3, 8, 6, tf.VOCAB_SIZE)
 
 
-@pytest.mark.parametrize("conv", [False, True])
-def test_a_canvas_cut_to_the_batch_predicts_what_the_full_canvas_does(conv):
-    model, grids = model_and_batch(config={**CONFIG, "conv_mlp": conv})
+def test_a_canvas_cut_to_the_batch_predicts_what_the_full_canvas_does():
+    model, grids = model_and_batch()
     with torch.no_grad():
         nn_ids = torch.tensor([1, 2, 3])
         model.task_embedding.weight.normal_()  # conditioning in play too
-        for block in model.blocks if conv else []:  # the convolutions start at zero: give them weights
-            block.mlp.conv.weight.normal_()
         cut_shape = tf.canvas_shape(grids, 12)
         cut = model(torch.from_numpy(tf.encode_grids(grids, cut_shape).astype(np.int64)), nn_ids)
         full = model(torch.from_numpy(tf.encode_grids(grids, (12, 12)).astype(np.int64)), nn_ids)
@@ -206,7 +203,7 @@ def test_progress_is_a_bar_where_a_person_watches_and_plain_lines_elsewhere(caps
     assert "step=8" in captured.err and captured.out == ""
 
 
-@pytest.mark.parametrize("config", [CONFIG, {**CONFIG, "conv_mlp": True, "num_loops": 2}])
+@pytest.mark.parametrize("config", [CONFIG, {**CONFIG, "num_loops": 2}])
 def test_compiled_blocks_train_and_predict_like_eager_ones(config):
     losses = []
     for compiled in (False, True):

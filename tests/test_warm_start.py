@@ -81,3 +81,13 @@ def test_a_warm_start_from_a_checkpoint_that_does_not_fit_names_it_and_writes_no
     printed = capsys.readouterr()
     assert f"{path}: {message}" in printed.out + printed.err
     assert not out.exists()
+
+
+def test_a_checkpoint_from_before_the_looped_core_loads_as_one_pass_and_refuses_two(tmp_path):
+    config = {**tf.CONFIG, "embed_dim": 16, "num_layers": 1, "num_heads": 2}
+    model = tf.ARCTransformer(config, num_embeddings=2)
+    older = {key: value for key, value in config.items() if key not in tf.NEWER_MODEL_KEYS}
+    torch.save({"model": model.state_dict(), "config": older, "task_ids": ["a"]}, tmp_path / "old.pt")
+    assert tf.load_checkpoint(tmp_path / "old.pt", config, ["a"])["config"] == older
+    with pytest.raises(tf.CheckpointError, match="made with num_loops=1 but this run has num_loops=2"):
+        tf.load_checkpoint(tmp_path / "old.pt", {**config, "num_loops": 2})
