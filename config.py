@@ -25,7 +25,10 @@ PRESETS = {
     "dev": {
         "canvas_size": 11,
         "embed_dim": 128,
-        "num_layers": 4,
+        # 2 blocks: 36, 46 and 44 tasks against 35, 35 and 33 for 4; the 2 looped twice (4's compute a pair) 40,
+        # 43 and 36 (EXPERIMENTS.md, session 23). The gain is mostly time: a smaller model's steps and end cost
+        # less, so it trains 200-300 s longer in the 15 minutes.
+        "num_layers": 2,
         "num_heads": 2,
         # 16 pairs a step: 14% fewer samples a second than 32 but 60% more steps, 32.3 tasks against 29.2 (six seeds,
         # five higher; inside the baseline's range of 7: EXPERIMENTS.md, session 17); 8 pairs solved no more (29.75
@@ -64,8 +67,10 @@ PRESETS = {
     #   (31.0), where two models of 3,000 steps of 32 voted together solved 27.5 (EXPERIMENTS.md, session 11).
     # - 11 of the 12 hours (the rest for the notebook's start and a margin), about 9.5 of them training:
     #   at most 4 x 40 TFLOP/s x 34,000 s / 8.5 GFLOP = 650M pairs, 140,000 epochs of the 4,666 pairs,
-    #   far past the 400 epochs the dev benchmark has measured returns at. A model 3 times larger (384 x 8,
-    #   24 GFLOP a pair, still 50,000 epochs) is what that budget could train: the next thing to measure.
+    #   far past where the dev benchmark's returns flatten: 35, 50 and 52 tasks at 1, 4 and 8 times its samples
+    #   (about 100, 400 and 800 epochs; EXPERIMENTS.md, session 23). So the compute should buy more per pair, not
+    #   more passes: a model 3 times larger (384 x 8, 24 GFLOP a pair, still 50,000 epochs), or the blocks looped
+    #   (num_loops), are the next to measure at equal samples; the dev preset's 2 blocks won on time saved.
     "kaggle": {
         "target_runtime_hours": 11.0,
         "batch_size": 64,

@@ -32,10 +32,11 @@ def launch(tmp_path, name, processes, *extra):
     return result, out, ck
 
 
-def test_two_processes_at_a_batch_of_b_train_as_one_at_2b_and_write_their_outputs_once(tmp_path):
+@pytest.mark.parametrize("loops", [1, 2])  # a looped core uses each weight twice a step: DDP reduces it once
+def test_two_processes_at_a_batch_of_b_train_as_one_at_2b_and_write_their_outputs_once(tmp_path, loops):
     # batch_size is each process's: two processes of 3 pairs take the same steps as one of 6, at the same rates.
-    single, single_out, single_ck = launch(tmp_path, "single", 1)
-    double, double_out, double_ck = launch(tmp_path, "double", 2, "--batch_size=3")
+    single, single_out, single_ck = launch(tmp_path, "single", 1, f"--num_loops={loops}")
+    double, double_out, double_ck = launch(tmp_path, "double", 2, "--batch_size=3", f"--num_loops={loops}")
     assert "2 processes" in double.stdout
     assert double.stdout.count("training stopped at step") == 1  # rank 0 alone prints
     metrics = [json.loads(line) for line in open(double_out / "metrics.jsonl")]
