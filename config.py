@@ -56,9 +56,10 @@ PRESETS = {
     # Kaggle, ARC Prize 2026: 4x L4 for 12 hours (one GPU works too). The arithmetic:
     # - The model stays 256 wide and 6 deep (4.7M parameters), its blocks applied twice (num_loops=2,
     #   weights shared): at four times the dev benchmark's samples 2 blocks looped twice solved 50 and 56 tasks,
-    #   against 47 for the 2 once and 50 for 4 blocks once, the loop's compute (EXPERIMENTS.md, session 24). Training
-    #   a pair then costs about 17 GFLOP (forward and backward, 232 canvas cells on average over ARC-AGI-2's pairs);
-    #   an L4 has 121 TFLOP/s of bf16, of which a model this small can expect about a third: 40 TFLOP/s, 0.42 ms a pair.
+    #   against 42 and 47 for the 2 once and 50 (one seed) for 4 blocks once, the loop's compute a pair
+    #   (EXPERIMENTS.md, session 24). Training a pair then costs about 17 GFLOP (forward and backward, 232 canvas
+    #   cells on average over ARC-AGI-2's pairs); an L4 has 121 TFLOP/s of bf16, of which a model this small can
+    #   expect about a third: 40 TFLOP/s, 0.42 ms a pair.
     # - A step costs the host about 810 operations to issue at one pass (python bench.py --steps), some 12 ms at
     #   ~15 us each; the loop repeats the blocks' share. 64 pairs a GPU keep the GPU busier than the host.
     #   More would cost tasks per pair: at equal samples a batch of 128 solved 12 dev-benchmark tasks against
