@@ -60,8 +60,8 @@ PRESETS = {
     #   (EXPERIMENTS.md, session 24). Training a pair then costs about 17 GFLOP (forward and backward, 232 canvas
     #   cells on average over ARC-AGI-2's pairs); an L4 has 121 TFLOP/s of bf16, of which a model this small can
     #   expect about a third: 40 TFLOP/s, 0.42 ms a pair.
-    # - A step costs the host about 810 operations to issue at one pass (python bench.py --steps), some 12 ms at
-    #   ~15 us each; the loop repeats the blocks' share. 64 pairs a GPU keep the GPU busier than the host.
+    # - A looped step costs the host about 1,350 operations to issue (python bench.py --steps --num_loops=2; 825
+    #   at one pass), some 20 ms at ~15 us each: 64 pairs a GPU (27 ms of compute) keep the GPU busier than the host.
     #   More would cost tasks per pair: at equal samples a batch of 128 solved 12 dev-benchmark tasks against
     #   22.5 at 32 (EXPERIMENTS.md, session 10).
     # - Four GPUs x 64 = 256 pairs a step at sqrt(256 / 32) = 2.8 times the rates (train_full.py's rule).
