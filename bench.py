@@ -105,7 +105,7 @@ def training_parts(config, training_set, device, amp_dtype):
     model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
     if config["compile"]:
         tf.compile_model(model)
-    return model, tf.make_optimizers(model, config), torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return model, tf.make_optimizers(model, config, amp_dtype=amp_dtype), torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
 def median_seconds(run, repeats):
@@ -423,7 +423,7 @@ def self_check(argv):
     batches = [batch for _, batch in spread]
     torch.manual_seed(0)
     model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
-    optimizers = tf.make_optimizers(model, config)
+    optimizers = tf.make_optimizers(model, config, amp_dtype=amp_dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     graphs = []
     adaptation = adaptation_batches_spread(training_set, config, 2)

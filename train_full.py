@@ -1101,19 +1101,22 @@ def autocast(device, amp_dtype):
 
 
 class Muon(torch.optim.Optimizer):
-    """torch.optim.Muon's update (Nesterov momentum, five Newton-Schulz steps in bf16, the "match_rms_adamw" scale,
-    decoupled weight decay) for all the matrices of one shape at once (torch.optim.Muon launches 23 operations for
-    each matrix), with its state, so either loads the other's checkpoint. step(keep): `keep` a 0-dim device tensor,
-    1 to update, 0 to leave all as it was: a non-finite step is skipped without the host reading a flag."""
-    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_steps=5, eps=1e-7):
+    """torch.optim.Muon's update (Nesterov momentum, five Newton-Schulz steps, the "match_rms_adamw" scale, decoupled
+    weight decay) for all the matrices of one shape at once (torch.optim.Muon launches 23 operations for each matrix),
+    with its state, so either loads the other's checkpoint. step(keep): `keep` a 0-dim device tensor, 1 to update, 0
+    to leave all as it was: a non-finite step is skipped without the host reading a flag. Newton-Schulz runs in
+    `ns_dtype`: torch's bf16 where the run computes in bf16; fp32 elsewhere, as a CPU without bf16 units emulates
+    bf16 products, which made a dev step 10 times slower."""
+    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_steps=5, eps=1e-7, ns_dtype=torch.bfloat16):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
                                   "ns_steps": ns_steps, "eps": eps})
+        self.ns_dtype = ns_dtype
 
     @staticmethod
-    def orthogonalise(updates, ns_steps, eps):
+    def orthogonalise(updates, ns_steps, eps, dtype=torch.bfloat16):
         """Newton-Schulz on a stack of same-shape matrices (torch.optim.Muon's coefficients): each becomes
         about the nearest semi-orthogonal matrix, so every direction of it learns at the same rate."""
-        x = updates.bfloat16()
+        x = updates.to(dtype)
         tall = x.shape[-2] > x.shape[-1]
         x = x.mT if tall else x
         x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
@@ -1138,7 +1141,7 @@ class Muon(torch.optim.Optimizer):
                 grads, buffer = torch.where(kept, torch.stack([p.grad for p in parameters]), 0.0), torch.stack(buffers)
                 buffer.lerp_(grads, (1 - momentum) * keep)
                 torch._foreach_copy_(buffers, buffer.unbind(0))
-                update = self.orthogonalise(grads.lerp(buffer, momentum), group["ns_steps"], group["eps"])
+                update = self.orthogonalise(grads.lerp(buffer, momentum), group["ns_steps"], group["eps"], self.ns_dtype)
                 scale = -lr * 0.2 * math.sqrt(max(rows, columns))  # "match_rms_adamw": AdamW's update size
                 update = update.float() * (scale * keep)
                 torch._foreach_mul_(parameters, decay)
@@ -1176,17 +1179,19 @@ class RowAdam(torch.optim.Optimizer):
 REFERENCE_BATCH = 32
 
 
-def make_optimizers(model, config, batch_pairs=REFERENCE_BATCH):
+def make_optimizers(model, config, batch_pairs=REFERENCE_BATCH, amp_dtype=None):
     """Muon for the blocks' matrices (every direction of an update learns at the same rate), AdamW (fused) for the
     other dense weights, RowAdam for the task embeddings. Muon's update has AdamW's size, so both share one rate,
-    scaled for a step of `batch_pairs` pairs; each group keeps its peak rate as "peak_lr" for the schedule."""
+    scaled for a step of `batch_pairs` pairs; each group keeps its peak rate as "peak_lr" for the schedule. Muon
+    orthogonalises in bf16 only where the run computes in it (amp_dtype)."""
     named = [(n, p) for n, p in model.named_parameters() if n != "task_embedding.weight"]
     matrices = [p for n, p in named if n.startswith("blocks.") and p.dim() == 2]
     rest = [(n, p) for n, p in named if not (n.startswith("blocks.") and p.dim() == 2)]
     decay = [p for n, p in rest if n == "head.weight"]  # not the embeddings' vectors, not the norms
     no_decay = [p for n, p in rest if n != "head.weight"]
     lr, weight_decay = config["learning_rate"] * math.sqrt(batch_pairs / REFERENCE_BATCH), config["weight_decay"]
-    muon = Muon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay)
+    muon = Muon([{"params": matrices, "peak_lr": lr}], lr=lr, weight_decay=weight_decay,
+                ns_dtype=torch.bfloat16 if amp_dtype == torch.bfloat16 else torch.float32)
     adamw = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay, "peak_lr": lr},
                                {"params": no_decay, "weight_decay": 0.0, "peak_lr": lr}],
                               lr=lr, betas=(0.9, 0.95), fused=True)
@@ -1440,7 +1445,7 @@ def adaptation_batches(training_set, task_index, config):
 def adapt(model, task, training_set, config, device, amp_dtype):
     """Train the weights in place on the task's adaptation_batches: a step at the peak learning rates on each,
     with fresh optimizers. The caller puts the shared weights back."""
-    optimizers = make_optimizers(model, config)
+    optimizers = make_optimizers(model, config, amp_dtype=amp_dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     for batch in adaptation_batches(training_set, training_set.task_index[task.id], config):
         train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
@@ -2166,7 +2171,7 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
               f"{len(training_set.task_ids)} tasks" + ("" if pretrained["config"]["seed"] == config["seed"] else
                                                        f" (it was trained with seed {pretrained['config']['seed']})"))
     stepper = prepare_model(model, config, device, distributed)
-    optimizers = make_optimizers(model, config, config["batch_size"] * distributed.world_size)
+    optimizers = make_optimizers(model, config, config["batch_size"] * distributed.world_size, amp_dtype)
     if device.type == "cuda" and amp_dtype is None:  # fp32 matrix products on the tensor cores (TF32)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

@@ -37,6 +37,29 @@ def test_batched_muon_updates_as_torch_muon_does():
     ours.load_state_dict(library.state_dict())  # the same state: checkpoints of either load into the other
 
 
+def test_muon_orthogonalises_in_bf16_only_where_the_run_computes_in_bf16():
+    # A CPU without bf16 units emulates bf16 products: Newton-Schulz in bf16 made a dev step 10 times slower there.
+    config = tf.parse_config(["--embed_dim=32", "--num_heads=2", "--num_layers=1"])
+    exact = None
+    for amp_dtype in (torch.float64, None, torch.bfloat16):
+        torch.manual_seed(3)
+        model = tf.ARCTransformer(config, 4).to(torch.float64 if amp_dtype == torch.float64 else torch.float32)
+        matrices = [p for p in model.blocks.parameters() if p.dim() == 2]
+        muon = (tf.Muon(matrices, lr=config["learning_rate"], weight_decay=0.1, ns_dtype=torch.float64)
+                if amp_dtype == torch.float64 else tf.make_optimizers(model, config, amp_dtype=amp_dtype)[0])
+        for step in range(3):
+            for k, p in enumerate(matrices):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(10 * step + k)).to(p.dtype)
+            muon.step(torch.tensor(1.0))
+        weights = torch.cat([p.detach().double().flatten() for p in matrices])
+        exact = weights if exact is None else exact
+        error = (weights - exact).abs().max().item()
+        if amp_dtype is None:
+            assert error < 1e-7  # fp32 Newton-Schulz: 1e-8 from fp64's
+        elif amp_dtype == torch.bfloat16:
+            assert error > 1e-6  # bf16's, as torch.optim.Muon: 8e-6 (so the test tells them apart)
+
+
 def test_a_skipped_step_changes_nothing_even_with_nan_gradients():
     _, parameters = shaped_parameters(1)
     muon = tf.Muon(parameters, lr=1e-2, weight_decay=0.1)
