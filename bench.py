@@ -105,7 +105,8 @@ def training_parts(config, training_set, device, amp_dtype):
     model = tf.ARCTransformer(config, training_set.num_embeddings).to(device)
     if config["compile"]:
         tf.compile_model(model)
-    return model, tf.make_optimizers(model, config, amp_dtype=amp_dtype), torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return model, tf.make_optimizers(model, config, amp_dtype=amp_dtype), scaler
 
 
 def median_seconds(run, repeats):

@@ -1105,15 +1105,15 @@ class Muon(torch.optim.Optimizer):
     weight decay) for all the matrices of one shape at once (torch.optim.Muon launches 23 operations for each matrix),
     with its state, so either loads the other's checkpoint. step(keep): `keep` a 0-dim device tensor, 1 to update, 0
     to leave all as it was: a non-finite step is skipped without the host reading a flag. Newton-Schulz runs in
-    `ns_dtype`: torch's bf16 where the run computes in bf16; fp32 elsewhere, as a CPU without bf16 units emulates
-    bf16 products, which made a dev step 10 times slower."""
+    `ns_dtype`: torch's bf16 where the run computes in bf16; fp32 elsewhere, as a CPU or GPU without bf16 units
+    emulates bf16 products, many times slower."""
     def __init__(self, params, lr, weight_decay, momentum=0.95, ns_steps=5, eps=1e-7, ns_dtype=torch.bfloat16):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
                                   "ns_steps": ns_steps, "eps": eps})
         self.ns_dtype = ns_dtype
 
     @staticmethod
-    def orthogonalise(updates, ns_steps, eps, dtype=torch.bfloat16):
+    def orthogonalise(updates, ns_steps, eps, dtype):
         """Newton-Schulz on a stack of same-shape matrices (torch.optim.Muon's coefficients): each becomes
         about the nearest semi-orthogonal matrix, so every direction of it learns at the same rate."""
         x = updates.to(dtype)
