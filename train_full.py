@@ -1957,14 +1957,17 @@ class Costs:
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # a training step: the median of the last few
     processes: int = 1       # that share the predictions
+    in_run: bool = False     # the prediction and adaptation timed late in the run (an evaluation, or time_the_end),
+                             # not only at its start, where they ran up to 1.3x faster than at the end
 
     def share(self, seconds):
         """One process's part of work that the processes split between them."""
         return seconds / self.processes
 
-    def prediction_seconds(self, views=None, safety=1.25):
-        """A final evaluation and the test prediction, with a quarter more for safety (and for tasks that do
-        not split evenly)."""
+    def prediction_seconds(self, views=None, safety=None):
+        """A final evaluation and the test prediction, with a margin for safety and for tasks that do not split
+        evenly: a quarter while only the start has timed them, a tenth once the run has."""
+        safety = (1.1 if self.in_run else 1.25) if safety is None else safety
         predicting = self.prediction * self.inputs * (self.views if views is None else views)
         return safety * self.share(predicting + self.adapt_tasks * self.adapt_task)
 
@@ -2201,6 +2204,17 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
     return run, state
 
 
+def time_the_end(run, costs):
+    """Time a prediction and a task's adaptation as the end does them, into costs: at the start, and once more near
+    training's end where no evaluation has timed them in the run (costs.in_run then)."""
+    predicted = run.evaluation + run.unscored + run.test_tasks
+    jobs = prediction_jobs(predicted, run.training_set, run.config, run.config["vote_augmentations"])
+    costs.prediction = seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype), jobs,
+                                              run.config["batch_size"])
+    costs.adapt_task = seconds_per_adaptation(run.model, list({t.id: t for t in predicted}.values()), run.training_set,
+                                              run.config, run.device, run.amp_dtype)
+
+
 class EpochBatches:
     """The run's batches in order at the place a TrainState holds, with the epoch rollover and the focus switch. An
     epoch's batches follow from (seed, epoch, focus, the processes it began on) alone, so a resumed run replays the
@@ -2265,6 +2279,7 @@ class Decision(NamedTuple):
     save: bool         # write last.pt now
     evaluate: bool     # evaluate now
     focus: bool        # the next epoch to begin trains on the evaluation and test tasks alone
+    retime: bool       # time the end again now (time_the_end): training is near its stop and no evaluation timed it
 
 
 def training_progress(state, clock, costs, total_steps):
@@ -2299,8 +2314,10 @@ def decide(run, state, clock, costs, signal_received, progress_fraction):
            or (config["eval_every_n_epochs"] > 0 and state.epoch - state.last_eval_epoch >= config["eval_every_n_epochs"]))
     evaluate = bool(run.evaluation) and costs.views > 0 and due and used + 2 * costs.final_seconds() < clock.budget
     focus = config["focus_fraction"] > 0 and (state.focus or progress_fraction >= 1 - config["focus_fraction"])
-    stop, save, evaluate, focus = run.distributed.agree([STOP_REASONS.index(stop), save, evaluate, focus], run.device)
-    return Decision(STOP_REASONS[stop], bool(save), bool(evaluate), bool(focus))
+    retime = not costs.in_run and used + 1.2 * costs.final_seconds() + ahead > clock.budget
+    stop, save, evaluate, focus, retime = run.distributed.agree([STOP_REASONS.index(stop), save, evaluate, focus,
+                                                                 retime], run.device)
+    return Decision(STOP_REASONS[stop], bool(save), bool(evaluate), bool(focus), bool(retime))
 
 
 def save_last(run, state, clock, costs):
@@ -2367,8 +2384,8 @@ def evaluate(run, state, clock, costs, kind, progress):
                            if improved else [])
     adapting, tasks, inputs = (sum(getattr(part, field) for part in parts) for field in ("adapting", "tasks", "inputs"))
     costs.prediction = (time.perf_counter() - start - adapting) / max(costs.views * inputs, 1)
-    if tasks and run.config["adapt_steps"] and not any(part.skipped for part in parts):
-        costs.adapt_task = adapting / tasks
+    if not run.config["adapt_steps"] or (tasks and not any(part.skipped for part in parts)):
+        costs.adapt_task, costs.in_run = adapting / max(tasks, 1), True
     if run.distributed.is_main:
         draw_pictures(run, costs, progress, report if improved else None)
 
@@ -2550,9 +2567,15 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
                     save_last(run, state, clock, costs)
                 if decision.evaluate:
                     evaluate(run, state, clock, costs, "eval", progress)
+                if decision.retime:
+                    kept = costs.final_seconds()
+                    time_the_end(run, costs)
+                    costs.in_run = True
+                    progress.write(f"the end timed again at step {state.step}: about {costs.final_seconds():.0f}s "
+                                   f"kept for it ({kept:.0f}s by the start's timing)")
                 if decision.stop:
                     return decision.stop
-                if decision.save or decision.evaluate:  # not training: out of the interval's speed
+                if decision.save or decision.evaluate or decision.retime:  # not training: out of the interval's speed
                     interval.exclude(time.perf_counter() - deciding)
             started = time.perf_counter()
             if state.batch == 0 and decision.focus and not state.focus:
@@ -2610,7 +2633,7 @@ def finish(run, state, clock, costs, reason, progress):
               f"(it restarts from {run.paths.last} at step {state.step})")
         return 128 + int(getattr(signal, reason))
     # Training stopped with final_seconds() to go, so that again would skip the final evaluation whenever a save
-    # took longer than two steps: the estimate without its quarter for safety is asked instead.
+    # took longer than two steps: the estimate without its margin for safety is asked instead.
     if run.distributed.agree([bool(run.evaluation) and costs.views > 0
                               and clock.used() + costs.prediction_seconds(safety=1.0) + costs.draw <= clock.budget],
                              run.device)[0]:
@@ -2646,14 +2669,10 @@ def train(config, tasks, training_set, output_dir, clock, distributed=SINGLE_PRO
             save_submission(run.paths.submission, run.test_tasks, {})
     if not run.evaluation:
         print("evaluation: none, the data has no evaluation answers; the last weights make the predictions")
-    predicted = run.evaluation + run.unscored + run.test_tasks
-    views = config["vote_augmentations"]
-    adapted = list({t.id: t for t in predicted}.values())
-    costs = Costs(seconds_per_prediction(model_predictor(run.model, run.device, run.amp_dtype),
-                                         prediction_jobs(predicted, training_set, config, views), config["batch_size"]),
-                  num_inputs(predicted), views, adapt_tasks=len(adapted),
-                  adapt_task=seconds_per_adaptation(run.model, adapted, training_set, config, run.device,
-                                                    run.amp_dtype), processes=distributed.world_size)
+    predicted, views = run.evaluation + run.unscored + run.test_tasks, config["vote_augmentations"]
+    costs = Costs(0.0, num_inputs(predicted), views, adapt_tasks=len({t.id for t in predicted}),
+                  processes=distributed.world_size)
+    time_the_end(run, costs)
     costs.views = distributed.agree([fitting_views(costs, clock, views)], run.device)[0]  # rank 0's timing, for all
     if costs.views < views:
         print(f"budget: predicting {costs.inputs} test inputs under {views} views would take about "
