@@ -119,7 +119,7 @@ def test_the_kaggle_preset_trains_to_its_budget_and_keeps_its_intervals_on_any_n
     # Training ends by the budget, not by an epochs bound, with the end's reserve (last.pt, a final evaluation,
     # the pictures) left, and not much more: within a few decisions' steps.
     assert stopped + reserve <= budget and stopped + reserve >= budget - 20 * STEP_SECONDS - 2
-    assert 1.1 * evaluation < reserve < 1.1 * evaluation + SAVE_SECONDS + 10  # a tenth more once an evaluation timed it
+    assert 1.15 * evaluation < reserve < 1.15 * evaluation + SAVE_SECONDS + 10  # 15% more once an evaluation timed it
     assert any(m["kind"] == "final eval" for m in metrics)
     # The learning rate ends at its floor, min_lr_ratio of its peak, having been at the peak after the warm-up.
     assert lr_factors[-1] == pytest.approx(config["min_lr_ratio"], rel=0.01)
