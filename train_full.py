@@ -1115,14 +1115,27 @@ class Muon(torch.optim.Optimizer):
     @staticmethod
     def orthogonalise(updates, ns_steps, eps, dtype):
         """Newton-Schulz on a stack of same-shape matrices (torch.optim.Muon's coefficients): each becomes
-        about the nearest semi-orthogonal matrix, so every direction of it learns at the same rate."""
+        about the nearest semi-orthogonal matrix, so every direction of it learns at the same rate. In fp32 a
+        matrix at least twice as wide as tall iterates on its small Gram matrix: the same polynomial in a third
+        to half fewer operations (bf16 keeps torch's form, as a Gram iteration's rounding would grow there)."""
+        a, b, c = 3.4445, -4.7750, 2.0315
         x = updates.to(dtype)
         tall = x.shape[-2] > x.shape[-1]
         x = x.mT if tall else x
         x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-        for _ in range(ns_steps):
-            gram = x @ x.mT
-            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=-4.7750, alpha=2.0315), x, beta=3.4445)
+        if dtype == torch.float32 and x.shape[-1] >= 2 * x.shape[-2]:
+            # x_k = q_k x with q_k a polynomial in gram = x x^T: q_k+1 = p(gram_k) q_k, gram_k+1 = p gram_k p
+            gram, q = x @ x.mT, None
+            for _ in range(ns_steps):
+                p = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+                p.diagonal(dim1=-2, dim2=-1).add_(a)
+                q = p if q is None else p @ q
+                gram = p @ gram @ p
+            x = q @ x
+        else:
+            for _ in range(ns_steps):
+                gram = x @ x.mT
+                x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
         return x.mT if tall else x
 
     @torch.no_grad()
