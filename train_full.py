@@ -524,17 +524,12 @@ def encode_grids(grids, shape):
     return np.stack([encode_grid(grid, shape) for grid in grids])
 
 
-def leading_run(flags):
-    """How many leading entries of a boolean vector are true."""
-    return len(flags) if flags.all() else int(np.argmin(flags))
-
-
 def decode_grid(canvas):
     """The grid a (predicted) canvas holds: colour cells from the top-left corner to the first non-colour cell along
     the first row and column; None (no part in the vote) when that rectangle is empty or not all colours."""
     canvas = np.asarray(canvas)
     is_colour = (canvas >= COLOUR_OFFSET) & (canvas < VOCAB_SIZE)
-    rows, cols = leading_run(is_colour[:, 0]), leading_run(is_colour[0, :])
+    rows, cols = (len(run) if run.all() else int(np.argmin(run)) for run in (is_colour[:, 0], is_colour[0, :]))
     if rows == 0 or cols == 0 or not is_colour[:rows, :cols].all():
         return None
     return (canvas[:rows, :cols] - COLOUR_OFFSET).astype(np.uint8)
@@ -714,17 +709,13 @@ def build_training_set(tasks, config):
 # are grouped and each batch is cut to its largest grid (PAD carries no loss and is masked out of attention, so
 # the cut changes the speed, not the result), with about batch_size x (the mean canvas) cells a batch.
 
-def focus_pairs(training_set):
-    """Indices of the pairs of evaluation and test tasks (their demonstrations), or every ARC pair if none."""
-    held_out = np.array([split in ("evaluation", "test") for split in training_set.task_splits])[training_set.pair_task]
-    return np.flatnonzero(held_out) if held_out.any() else np.arange(training_set.extra_start)
-
-
 def epoch_pairs(training_set, config, rng, focus):
-    """The pairs of an epoch: every pair of the ARC files (or the focus pairs alone), and beside them extra_data's
-    examples, a fresh draw each epoch, at extra_share of the epoch: a large extra set does not lengthen it."""
+    """The pairs of an epoch: every pair of the ARC files (with `focus`, the evaluation and test tasks' demonstrations
+    alone, or every ARC pair if none), and beside them extra_data's examples, a fresh draw each epoch, at
+    extra_share of the epoch: a large extra set does not lengthen it."""
     if focus:
-        return focus_pairs(training_set)
+        held_out = np.isin(training_set.task_splits, ["evaluation", "test"])[training_set.pair_task]
+        return np.flatnonzero(held_out) if held_out.any() else np.arange(training_set.extra_start)
     arc, extra = np.arange(training_set.extra_start), len(training_set.inputs) - training_set.extra_start
     share = config["extra_share"]
     count = min(extra, round(len(arc) * share / (1 - share)))
@@ -1970,8 +1961,7 @@ class Costs:
     draw: float = 0.0        # drawing the pictures
     step: float = 0.0        # a training step: the median of the last few
     processes: int = 1       # that share the predictions
-    in_run: bool = False     # the prediction and adaptation timed late in the run (an evaluation, or time_the_end),
-                             # not only at its start, whose timing swings by a tenth either way and more
+    in_run: bool = False     # timed late in the run too (an evaluation, time_the_end): the start's timing swings
 
     def share(self, seconds):
         """One process's part of work that the processes split between them."""
@@ -1979,7 +1969,7 @@ class Costs:
 
     def prediction_seconds(self, views=None, safety=None):
         """A final evaluation and the test prediction, with a margin for safety and for tasks that do not split
-        evenly: a quarter while only the start has timed them, 15% once the run has (an end ran 1.09x its timing)."""
+        evenly: a quarter while only the start has timed them, 15% once the run has (the deadline takes up the rest)."""
         safety = (1.15 if self.in_run else 1.25) if safety is None else safety
         predicting = self.prediction * self.inputs * (self.views if views is None else views)
         return safety * self.share(predicting + self.adapt_tasks * self.adapt_task)
@@ -1999,11 +1989,6 @@ def fitting_views(costs, clock, wanted):
     if in_half >= 1:
         return min(wanted, in_half)
     return 1 if costs.final_seconds(1) <= left else 0
-
-
-def training_fraction_used(clock, costs):
-    """The fraction of the training part of the budget (all but the end of the run) used so far."""
-    return clock.used() / max(clock.budget - costs.final_seconds(), 1e-9)
 
 
 class Progress:
@@ -2048,12 +2033,6 @@ class StopSignals:
     def __exit__(self, *exception):
         for number, handler in self.previous.items():
             signal.signal(number, handler)
-
-
-def append_metrics(path, record):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def score_key(summary):
@@ -2113,12 +2092,6 @@ class RunPaths(NamedTuple):
     gallery: str         # output_dir/eval_gallery.png
 
 
-def run_paths(config, output_dir):
-    outputs = ("metrics.jsonl", "submission.json", "eval_predictions.json", "training_curves.png", "eval_gallery.png")
-    return RunPaths(os.path.join(config["checkpoint_dir"], "last.pt"), os.path.join(config["checkpoint_dir"], "best.pt"),
-                    *(os.path.join(output_dir, name) for name in outputs))
-
-
 @dataclass
 class Run:
     """What the training loop works with, built once by start_run and not changed after."""
@@ -2143,8 +2116,10 @@ class Run:
 
 
 def record(run, entry):
-    if run.distributed.is_main:
-        append_metrics(run.paths.metrics, entry)
+    if run.distributed.is_main:  # a line of metrics.jsonl
+        os.makedirs(os.path.dirname(os.path.abspath(run.paths.metrics)), exist_ok=True)
+        with open(run.paths.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
 
 
 def compile_model(model, backend="inductor"):
@@ -2170,7 +2145,9 @@ def start_run(config, tasks, training_set, output_dir, clock, distributed):
     """(Run, TrainState): device, precision, model and optimizers, and the loop state: from last.pt when
     resuming (the clock then goes on from its budget used), else fresh, from init_from's weights if given."""
     device = choose_device(config, distributed)
-    paths = run_paths(config, output_dir)
+    outputs = ("metrics.jsonl", "submission.json", "eval_predictions.json", "training_curves.png", "eval_gallery.png")
+    paths = RunPaths(*(os.path.join(config["checkpoint_dir"], name) for name in ("last.pt", "best.pt")),
+                     *(os.path.join(output_dir, name) for name in outputs))
     resumed = None
     if config["resume"] and os.path.exists(paths.last):
         resumed = load_checkpoint(paths.last, config, training_set.task_ids)
@@ -2297,8 +2274,9 @@ class Decision(NamedTuple):
 
 def training_progress(state, clock, costs, total_steps):
     """How far training is, 0 -> 1: the larger of the steps done of total_steps (0: no bound) and the training
-    budget used. The learning rate decays and the focus begins by it."""
-    return max(state.step / total_steps if total_steps else 0.0, training_fraction_used(clock, costs))
+    budget used (all but the end's reserve). The learning rate decays and the focus begins by it."""
+    training = clock.used() / max(clock.budget - costs.final_seconds(), 1e-9)
+    return max(state.step / total_steps if total_steps else 0.0, training)
 
 
 def bound_reached(state, config):
@@ -2412,16 +2390,11 @@ def save_submission(path, test_tasks, votes):
     return num_fallback
 
 
-def same_inputs(task, other):
-    return len(task.test_inputs) == len(other.test_inputs) and all(
-        np.array_equal(a, b) for a, b in zip(task.test_inputs, other.test_inputs))
-
-
 def reusable(run):
     """The ids of the test tasks that are evaluation tasks (the same id and test inputs, as in the dev
     benchmark): an evaluation's votes answer them."""
-    evaluated = {task.id: task for task in run.evaluation + run.unscored}
-    return {task.id for task in run.test_tasks if task.id in evaluated and same_inputs(task, evaluated[task.id])}
+    evaluated = {task.id: [grid_key(grid) for grid in task.test_inputs] for task in run.evaluation + run.unscored}
+    return {task.id for task in run.test_tasks if evaluated.get(task.id) == [grid_key(g) for g in task.test_inputs]}
 
 
 def submit(run, clock, costs, progress, weights, known=None):
@@ -2581,9 +2554,8 @@ def training_loop(run, state, clock, costs, stop_signals, progress):
                 if decision.evaluate:
                     evaluate(run, state, clock, costs, "eval", progress)
                 if decision.retime:
-                    kept = costs.final_seconds()
+                    kept, costs.in_run = costs.final_seconds(), True
                     time_the_end(run, costs)
-                    costs.in_run = True
                     progress.write(f"the end timed again at step {state.step}: about {costs.final_seconds():.0f}s "
                                    f"kept for it ({kept:.0f}s by the start's timing)")
                 if decision.stop:
