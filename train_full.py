@@ -1958,7 +1958,7 @@ class Costs:
     adapt_task: float = 0.0  # adapting to one of them: timed at the start (seconds_per_adaptation), refined by
                              # every evaluation
     save: float = 0.0        # writing last.pt
-    draw: float = 0.0        # drawing the pictures
+    draw: float = 3.0        # drawing the pictures, timed at each; until then a guess (importing matplotlib is most)
     step: float = 0.0        # a training step: the median of the last few
     processes: int = 1       # that share the predictions
     in_run: bool = False     # timed late in the run too (an evaluation, time_the_end): the start's timing swings

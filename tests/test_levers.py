@@ -92,6 +92,18 @@ def test_adapted_predictions_put_the_shared_weights_back_differ_from_the_shared_
                for va, vb in zip(late[task_id], plain[task_id]) for a, b in zip(va.candidates, vb.candidates))
 
 
+BUDGET = 0.004 * 3600
+
+
+def run_adapting_four_evaluation_tasks(tmp_path):
+    """A run of BUDGET seconds on 2 training and 4 evaluation tasks, each adapted 2 steps, evaluated at the end alone."""
+    data = write_kaggle_folder(str(tmp_path / "data"), {
+        "training": {f"train{k}": make_task(seed=k) for k in range(2)},
+        "evaluation": {f"eval{k}": make_task(seed=10 + k) for k in range(4)}})
+    return tf.main([*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}", f"--checkpoint_dir={tmp_path / 'ck'}",
+                    "--adapt_steps=2", "--epochs=100000", "--eval_every_n_epochs=0", f"--target_runtime_hours={BUDGET / 3600}"])
+
+
 def test_an_end_slower_than_timed_at_the_start_skips_adaptations_not_the_budget(tmp_path, capsys, monkeypatch):
     # The start times the adaptation at its true speed; from then on each task's adaptation takes a second more,
     # as if the end ran slower than the start (EXPERIMENTS.md, session 16). The four evaluation tasks' adaptations
@@ -111,26 +123,21 @@ def test_an_end_slower_than_timed_at_the_start_skips_adaptations_not_the_budget(
 
     monkeypatch.setattr(tf, "adapt", slower_after_the_start)
     monkeypatch.setattr(tf, "seconds_per_adaptation", timed_at_the_start)
-    data = write_kaggle_folder(str(tmp_path / "data"), {
-        "training": {f"train{k}": make_task(seed=k) for k in range(2)},
-        "evaluation": {f"eval{k}": make_task(seed=10 + k) for k in range(4)}})
-    budget = 0.004 * 3600
-    code = tf.main([*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}", f"--checkpoint_dir={tmp_path / 'ck'}",
-                    "--adapt_steps=2", "--epochs=100000", "--eval_every_n_epochs=0", f"--target_runtime_hours={budget / 3600}"])
+    code = run_adapting_four_evaluation_tasks(tmp_path)
     assert code == 0
     out = capsys.readouterr().out
     assert "tasks predicted by the shared weights, their adaptation did not fit before the budget's end" in out
     written = [line for line in out.splitlines() if line.startswith("submission: 4 tasks")][-1]
-    assert float(written.split(" at ")[1].split("s of")[0]) <= budget  # 16 s of the 14 without the deadline
+    assert float(written.split(" at ")[1].split("s of")[0]) <= BUDGET  # 16 s of the 14 without the deadline
     final = [tf.json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")][-2]
-    assert final["kind"] == "final eval" and final["elapsed"] <= budget
+    assert final["kind"] == "final eval" and final["elapsed"] <= BUDGET
 
 
 def test_an_end_timed_slow_at_the_start_is_timed_again_near_the_stop_and_training_takes_the_difference(
         tmp_path, capsys, monkeypatch):
     # The start's timing of the adaptation a second a task too slow (two processes starting at once on the same
     # cores, EXPERIMENTS.md, session 16), later timings right: without timing the end again near the stop, training
-    # stops at ~7 s of the 14, 1.25 x 4 x 1 s kept for an end of a fraction of a second.
+    # stops at 4-7 s of the 14, 1.25 x 4 x 1 s more kept than the end takes. The pictures, drawn last, end in the budget.
     timing, calls = tf.seconds_per_adaptation, []
 
     def slow_at_the_start(*args, **kwargs):
@@ -138,21 +145,16 @@ def test_an_end_timed_slow_at_the_start_is_timed_again_near_the_stop_and_trainin
         return timing(*args, **kwargs) + (1.0 if len(calls) == 1 else 0.0)
 
     monkeypatch.setattr(tf, "seconds_per_adaptation", slow_at_the_start)
-    data = write_kaggle_folder(str(tmp_path / "data"), {
-        "training": {f"train{k}": make_task(seed=k) for k in range(2)},
-        "evaluation": {f"eval{k}": make_task(seed=10 + k) for k in range(4)}})
-    budget = 0.004 * 3600
-    code = tf.main([*TINY, f"--data_dir={data}", f"--output_dir={tmp_path / 'out'}", f"--checkpoint_dir={tmp_path / 'ck'}",
-                    "--adapt_steps=2", "--epochs=100000", "--eval_every_n_epochs=0", f"--target_runtime_hours={budget / 3600}"])
+    code = run_adapting_four_evaluation_tasks(tmp_path)
     assert code == 0 and len(calls) == 2
     out = capsys.readouterr().out
     timed_again = next(line for line in out.splitlines() if line.startswith("the end timed again"))
     now, before = (float(x) for x in re.search(r"about (\d+)s kept for it \((\d+)s", timed_again).groups())
     assert before >= 1.25 * 4 and now < before - 3
     stopped = float(re.search(r"\), (\d+)s used", out).group(1))
-    assert stopped >= 0.65 * budget
+    assert stopped >= 0.5 * BUDGET  # 9-12 s (4-7 without timing again)
     final = [tf.json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")][-2:]
-    assert final[0]["kind"] == "final eval" and final[1]["kind"] == "end" and final[1]["elapsed"] <= budget
+    assert final[0]["kind"] == "final eval" and final[1]["kind"] == "end" and final[1]["elapsed"] <= BUDGET
 
 
 def test_a_run_with_adaptation_keeps_its_budget_and_writes_a_valid_submission(tmp_path, capsys):
