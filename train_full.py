@@ -1951,12 +1951,11 @@ class Clock:
 class Costs:
     """Seconds the end of the run needs, measured as the run goes, so that training stops in time for it. A
     prediction or an adaptation is priced as one process does it; the processes share them (adapted_votes)."""
-    prediction: float        # one prediction (a test input under one view); every evaluation refines it
+    prediction: float        # one prediction (a test input under one view): time_the_end's, refined by evaluations
     inputs: int              # test inputs the end predicts: the final evaluation's and the test tasks'
     views: int               # views per test input in every prediction of the run (fitting_views)
     adapt_tasks: int = 0     # the tasks a final evaluation and test prediction adapt to
-    adapt_task: float = 0.0  # adapting to one of them: timed at the start (seconds_per_adaptation), refined by
-                             # every evaluation
+    adapt_task: float = 0.0  # adapting to one of them: timed by time_the_end, refined by every evaluation
     save: float = 0.0        # writing last.pt
     draw: float = 3.0        # drawing the pictures, timed at each; until then a guess (importing matplotlib is most)
     step: float = 0.0        # a training step: the median of the last few
@@ -2393,7 +2392,7 @@ def save_submission(path, test_tasks, votes):
 def reusable(run):
     """The ids of the test tasks that are evaluation tasks (the same id and test inputs, as in the dev
     benchmark): an evaluation's votes answer them."""
-    evaluated = {task.id: [grid_key(grid) for grid in task.test_inputs] for task in run.evaluation + run.unscored}
+    evaluated = {task.id: [grid_key(g) for g in task.test_inputs] for task in run.evaluation + run.unscored}
     return {task.id for task in run.test_tasks if evaluated.get(task.id) == [grid_key(g) for g in task.test_inputs]}
 
 
