@@ -73,8 +73,8 @@ PRESETS = {
     #   (about 100, 400 and 800 epochs; session 23). So the compute buys more per pair (the loop) and more views
     #   of each task, not more passes over the same views: at four times the samples the loop trained on 32
     #   augmentations a task (the default, kept here) solved 65 and 65 tasks against 50 and 56 on 8 (session 25).
-    #   That recipe has not flattened by 4x: 59.0 at 2x and 65.0 at 4x, its loss far from fitted (session 28). So
-    #   more than 32 augmentations, and a wider model, are the next to measure at equal samples.
+    #   That recipe flattens too, more slowly: 43, 59 and 65 at 1, 2 and 4 times (session 28). So more than 32
+    #   augmentations, and a wider model, are the next to measure at equal samples, not more passes.
     "kaggle": {
         "target_runtime_hours": 11.0,
         "batch_size": 64,
