@@ -22,6 +22,7 @@ With --hidden the benchmark tasks are only test tasks, as in Kaggle's scoring ru
 their answers, and the submission.json it writes is scored afterwards.
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -32,6 +33,8 @@ import numpy as np
 import train_full as tf
 
 MAX_SIDE = 10
+SAMPLES = 96_000  # pairs a run trains on unless told: 6,000 steps of 16, the 1x of EXPERIMENTS.md
+SET_NAMES = ("ARC-AGI-1 small (178)", "ARC-AGI-2 new small (47)")
 
 
 def small(task):
@@ -39,16 +42,24 @@ def small(task):
     return all(max(g.shape) <= MAX_SIDE for g in grids)
 
 
+def task_sets():
+    """{name: [Task]} of the scored sets, each as evaluation tasks: the ARC-AGI-1 training tasks with every grid at
+    most MAX_SIDE, and the ARC-AGI-2 training tasks as small whose ids are no ARC-AGI-1 task's (another origin)."""
+    arc1, arc2 = tf.load_embedded("arc-agi-1"), tf.load_embedded("arc-agi-2")
+    arc1_ids = {t.id for split in arc1.values() for t in split}
+    chosen = ([t for t in arc1["training"] if small(t)], [t for t in arc2["training"] if small(t) and t.id not in arc1_ids])
+    return {name: [tf.Task(t.id, "evaluation", t.train, t.test_inputs, t.test_outputs) for t in tasks]
+            for name, tasks in zip(SET_NAMES, chosen)}
+
+
 def benchmark_tasks(hidden=False):
-    """{split: [Task]}: the 178 benchmark tasks as evaluation (with answers) and test (without), and the
-    small ARC-AGI-1 evaluation tasks as training tasks. `hidden` plays Kaggle's hidden run: the benchmark
-    tasks are test tasks alone, with no answers anywhere in the run."""
-    arc1 = tf.load_embedded("arc-agi-1")
-    benchmark = [tf.Task(t.id, "evaluation", t.train, t.test_inputs, t.test_outputs)
-                 for t in arc1["training"] if small(t)]
+    """{split: [Task]}: every scored set's tasks as evaluation (with answers) and test (without), and the small
+    ARC-AGI-1 evaluation tasks as training tasks. `hidden` plays Kaggle's hidden run: the scored tasks are test
+    tasks alone, with no answers anywhere in the run."""
+    scored = [task for tasks in task_sets().values() for task in tasks]
     others = [tf.Task(t.id, "training", t.train, t.test_inputs, t.test_outputs)
-              for t in arc1["evaluation"] if small(t)]
-    return {"training": others, "evaluation": [] if hidden else benchmark, "test": tf.as_test_split(benchmark)}
+              for t in tf.load_embedded("arc-agi-1")["evaluation"] if small(t)]
+    return {"training": others, "evaluation": [] if hidden else scored, "test": tf.as_test_split(scored)}
 
 
 def fit_colour_map(pairs):
@@ -112,25 +123,73 @@ def take_flag(argv, name):
     return value, rest
 
 
-def print_rows(rows, seconds):
-    model = rows[0][1]
-    print(f"\npass@2 on the {model['num_tasks']} benchmark tasks ({model['num_outputs']} test outputs), {seconds:.0f}s:")
-    for name, summary in rows:
-        among = summary.get("answer_among_candidates")
-        print(f"  {name:<36} {summary['tasks_solved']:6g} tasks solved  task score {summary['task_score']:.4f}  "
-              f"outputs {summary['output_score']:.4f}" + ("" if among is None else f"  answer among candidates {among:g} "
-              f"of {summary['num_outputs']} outputs ({summary['output_score'] * summary['num_outputs']:g} solved)"))
+def set_summary(report, tasks):
+    """The summary of eval_predictions.json's `report` over `tasks` alone, as score_predictions gives it, with how
+    many test outputs have their answer among the candidates."""
+    results = {t["task_id"]: t["test"] for t in report["tasks"]}
+    attempts = {t.id: [(np.array(r["attempt_1"]), np.array(r["attempt_2"])) for r in results[t.id]] for t in tasks}
+    summary = tf.score_predictions(attempts, {t.id: t.test_outputs for t in tasks})[1]
+    summary["answer_among_candidates"] = sum(r.get("answer_rank") is not None for t in tasks for r in results[t.id])
+    return summary
+
+
+def scored_sets(folder, hidden):
+    """{set name: summary} of the run whose outputs are in `folder`: eval_predictions.json, or with `hidden`
+    submission.json (the run had no answer)."""
+    if hidden:
+        return {name: submission_scores(os.path.join(folder, "submission.json"), tasks) for name, tasks in task_sets().items()}
+    report = json.load(open(os.path.join(folder, "eval_predictions.json")))
+    return {name: set_summary(report, tasks) for name, tasks in task_sets().items()}
+
+
+def run_length(folder, batch_size):
+    """{steps, samples, training seconds} of the run whose metrics.jsonl is in `folder` (one process)."""
+    records = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
+    steps = max((r.get("step", 0) for r in records), default=0)
+    training = max((r["elapsed"] for r in records if r["kind"] == "train"), default=0.0)
+    return {"steps": steps, "samples": steps * batch_size, "training_seconds": training}
+
+
+def mean_row(summaries):
+    mean = {key: float(np.mean([s[key] for s in summaries])) for key in ("tasks_solved", "task_score", "output_score")}
+    among = [s.get("answer_among_candidates") for s in summaries]
+    mean.update(num_tasks=summaries[0]["num_tasks"], num_outputs=summaries[0]["num_outputs"],
+                answer_among_candidates=None if None in among else float(np.mean(among)))
+    return mean
+
+
+def print_sets(runs, seconds):
+    """A table per scored set (each run's row, their mean, the floors), then one line with each set's mean.
+    `runs`: [(name, {set name: summary}, run_length)]."""
+    print("\n" + "; ".join(f"{name}: {length['samples']:,} samples ({length['steps']:,} steps), "
+                           f"{length['training_seconds']:.0f} s training" for name, _, length in runs)
+          + f" | {seconds:.0f} s in all")
+    means = []
+    for set_name, tasks in task_sets().items():
+        rows = [(name, sets[set_name]) for name, sets, _ in runs]
+        if len(rows) > 1:
+            rows.append(("model, mean", mean_row([summary for _, summary in rows])))
+        means.append((set_name, rows[-1][1]["tasks_solved"], [summary["tasks_solved"] for _, summary in rows[:len(runs)]]))
+        print(f"\npass@2 on {set_name}: {rows[0][1]['num_tasks']} tasks, {rows[0][1]['num_outputs']} test outputs")
+        for name, summary in rows + list(floor_scores(tasks).items()):
+            among = summary.get("answer_among_candidates")
+            print(f"  {name:<36} {summary['tasks_solved']:6g} tasks solved  task score {summary['task_score']:.4f}  "
+                  f"outputs {summary['output_score']:.4f}" + ("" if among is None else f"  answer among candidates "
+                  f"{among:g} of {summary['num_outputs']} outputs ({summary['output_score'] * summary['num_outputs']:g} solved)"))
+    print("\nsets: " + "; ".join(f"{name} {mean:g} tasks ({', '.join(f'{n:g}' for n in each)})" for name, mean, each in means))
 
 
 def run_one(argv, hidden, start):
     config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
     tasks = benchmark_tasks(hidden)
-    tasks["extra"] = tf.load_extra_data(config["extra_data"])  # any that is a benchmark task (by id or input) is dropped
-    benchmark = benchmark_tasks()["evaluation"]
+    tasks["extra"] = tf.load_extra_data(config["extra_data"])  # any that is a scored task (by id or input) is dropped
     training_set = tf.build_training_set(tasks, config)
-    print(f"dev benchmark: {len(benchmark)} ARC-AGI-1 training tasks with every grid at most "
-          f"{MAX_SIDE}x{MAX_SIDE}; training on their {sum(len(t.train) for t in benchmark)} demonstration "
-          f"pairs and all pairs of {len(tasks['training'])} small ARC-AGI-1 evaluation tasks "
+    sets = task_sets()
+    names = ", ".join(f"{len(t)} {name.split(' (')[0]} tasks" for name, t in sets.items())
+    print(f"dev benchmark: {names} with every "
+          f"grid at most {MAX_SIDE}x{MAX_SIDE}, scored once at the end; training on their "
+          f"{sum(len(t.train) for ts in sets.values() for t in ts)} demonstration pairs and all pairs of "
+          f"{len(tasks['training'])} small ARC-AGI-1 evaluation tasks "
           f"({training_set.extra_start} pairs after removing duplicates and held-out inputs)"
           + (f"; {len(tasks['extra'])} extra tasks, {len(training_set.inputs) - training_set.extra_start} of their "
              f"pairs kept" if tasks["extra"] else "") + "".join(f"; {n} {what}" for what, n in training_set.dropped.items())
@@ -140,16 +199,12 @@ def run_one(argv, hidden, start):
         code = tf.train(config, tasks, training_set, output_dir, tf.Clock(3600 * config["target_runtime_hours"], start))
     if code:
         return code
-    if hidden:
-        model = submission_scores(os.path.join(output_dir, "submission.json"), benchmark)
-    else:
-        model = json.load(open(os.path.join(output_dir, "eval_predictions.json")))["summary"]
-    print_rows([("model (train_full.py, dev preset)", model)] + list(floor_scores(benchmark).items()),
-               time.perf_counter() - start)
+    print_sets([(f"model, seed {config['seed']}", scored_sets(output_dir, hidden),
+                 run_length(output_dir, config["batch_size"]))], time.perf_counter() - start)
     return 0
 
 
-def run_seeds(seeds, argv, hidden, start):
+def run_seeds(seeds, length, argv, hidden, start):
     """Each seed as its own one-thread process at once; then each one's result and the mean."""
     config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
     output_dir = tf.resolve_output_dir(config)
@@ -160,7 +215,7 @@ def run_seeds(seeds, argv, hidden, start):
         os.makedirs(os.path.join(output_dir, f"seed{seed}"), exist_ok=True)
         log = open(os.path.join(output_dir, f"seed{seed}", "dev_bench.log"), "w")
         mine = [arg for arg in argv if not arg.startswith(("--output_dir=", "--checkpoint_dir=", "--seed="))]
-        command = [sys.executable, os.path.abspath(__file__), *mine, f"--seed={seed}", *folders,
+        command = [sys.executable, os.path.abspath(__file__), *length, *mine, f"--seed={seed}", *folders,
                    *(["--hidden"] if hidden else [])]
         print(f"seed {seed}: {' '.join(command[1:])} > {log.name}")
         runs.append((seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -170,35 +225,40 @@ def run_seeds(seeds, argv, hidden, start):
     if failed:
         print(f"seed(s) {failed} failed: see their dev_bench.log", file=sys.stderr)
         return 1
-    benchmark = benchmark_tasks()["evaluation"]
-    rows = []
-    for seed in seeds:
-        folder = os.path.join(output_dir, f"seed{seed}")
-        if hidden:
-            rows.append((f"model, seed {seed}", submission_scores(os.path.join(folder, "submission.json"), benchmark)))
-        else:
-            rows.append((f"model, seed {seed}", json.load(open(os.path.join(folder, "eval_predictions.json")))["summary"]))
-        steps = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
-        rows[-1][1]["steps"] = max((r.get("step", 0) for r in steps), default=0)
-    mean = {key: float(np.mean([summary[key] for _, summary in rows]))
-            for key in ("tasks_solved", "task_score", "output_score")}
-    mean.update(num_tasks=rows[0][1]["num_tasks"], num_outputs=rows[0][1]["num_outputs"])
-    if not hidden:
-        mean["answer_among_candidates"] = float(np.mean([s["answer_among_candidates"] for _, s in rows]))
-    print(f"\n{len(seeds)} seeds, " + ", ".join(f"seed {seed}: {s['steps']} steps" for seed, s in zip(seeds, (r[1] for r in rows))))
-    print_rows(rows + [("model, mean", mean)] + list(floor_scores(benchmark).items()), time.perf_counter() - start)
+    folders = [(seed, os.path.join(output_dir, f"seed{seed}")) for seed in seeds]
+    print_sets([(f"model, seed {seed}", scored_sets(folder, hidden), run_length(folder, config["batch_size"]))
+                for seed, folder in folders], time.perf_counter() - start)
     return 0
+
+
+def fixed_steps(config, steps, samples, l4_minutes):
+    """The steps every run of the comparison trains: --steps as given, else the steps that --l4_minutes of an L4
+    would train by bench.py's projection, else --samples (SAMPLES unless given) in the arm's batches."""
+    if steps:
+        return int(steps)
+    if l4_minutes:
+        import bench  # the projection counts a step's operations: torch's dispatcher, only where asked
+        training_set = tf.build_training_set(benchmark_tasks(), config)
+        return max(1, round(60000 * float(l4_minutes) / bench.projected_l4(config, training_set)["training"]["ms"]))
+    return math.ceil(int(samples or SAMPLES) / config["batch_size"])
 
 
 def main(argv):
     start = time.perf_counter()
     hidden, argv = take_flag(argv, "hidden")  # Kaggle's hidden run: no answers in training, submission.json scored
+    budget, argv = take_flag(argv, "budget")  # the dev preset's 15 minutes, as a user sees them: never a decision
     steps, argv = take_flag(argv, "steps")
+    samples, argv = take_flag(argv, "samples")
+    l4_minutes, argv = take_flag(argv, "l4_minutes")
     seeds, argv = take_flag(argv, "seeds")
-    if steps:  # a fixed length: the budget only has to be long enough for it
-        argv = [f"--max_steps={int(steps)}", "--target_runtime_hours=1000.0", *argv]
+    length = ["--budget"]
+    if budget is None:  # a fixed length: the budget only has to be long enough for it
+        config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
+        length = [f"--steps={fixed_steps(config, steps, samples, l4_minutes)}"]
     if seeds:
-        return run_seeds([int(seed) for seed in seeds.split(",")], argv, hidden is not None, start)
+        return run_seeds([int(seed) for seed in seeds.split(",")], length, argv, hidden is not None, start)
+    if budget is None:
+        argv = [f"--max_steps={length[0].partition('=')[2]}", "--target_runtime_hours=1000.0", *argv]
     return run_one(argv, hidden is not None, start)
 
 
