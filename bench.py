@@ -332,6 +332,138 @@ def batch_wait(config, steps=60, step_seconds=0.02):
 
 
 # -----------------------------------------------------------------------------
+# The projected L4. No L4 is here, so a step's cost on one is projected from what this machine can count: the host's
+# operations, each costing the host a fixed time to issue, against the device's FLOPs and memory traffic at a
+# fraction of the card's peak; the step takes the longer of the two. Every assumption is named with its source,
+# and a lent GPU's measured milliseconds are what correct them (EXPERIMENTS.md).
+
+L4 = {"tflops": 121.0, "gbs": 300.0}  # NVIDIA's L4 data sheet: dense bf16 tensor TFLOP/s, memory bandwidth GB/s
+ASSUMED = {
+    "host_us": 15.0,         # host time to issue one eager ATen operation with its CUDA launch (~10-20 us in PyTorch)
+    "flop_share": 1 / 3,     # of the peak that matrix products 128-256 wide reach (small tiles, bf16)
+    "bandwidth_share": 0.7,  # of the memory bandwidth that elementwise kernels reach, streaming
+    "activation_reads": 90,  # a token's width of numbers each block pass reads or writes, ~30 forward, ~60 backward
+    "parameter_bytes": 40,   # moved per weight a training step: fp32 weight read twice, bf16 copy, fp32 gradient,
+                             # optimizer state read and written, update
+    "allreduce_gbs": 10.0,   # NCCL's bus bandwidth between L4s over PCIe, no NVLink (a conservative guess)
+}
+
+
+def projected_ms(operations, flops, traffic, allreduce_bytes=0.0, processes=1, card=L4, assumed=ASSUMED):
+    """{host, compute, memory, allreduce, device, ms} in milliseconds of one step that issues `operations`, does
+    `flops` and moves `traffic` bytes, with a ring all-reduce of `allreduce_bytes` over `processes` GPUs: the device
+    runs compute, memory traffic and the all-reduce one after another (no overlap: an upper bound), while the host
+    issues the operations; the step lasts the longer."""
+    parts = {"host": operations * assumed["host_us"] / 1e3,
+             "compute": flops / (card["tflops"] * 1e12 * assumed["flop_share"]) * 1e3,
+             "memory": traffic / (card["gbs"] * 1e9 * assumed["bandwidth_share"]) * 1e3,
+             "allreduce": 2 * (processes - 1) / processes * allreduce_bytes / (assumed["allreduce_gbs"] * 1e9) * 1e3}
+    parts["device"] = parts["compute"] + parts["memory"] + parts["allreduce"]
+    return {**parts, "ms": max(parts["host"], parts["device"])}
+
+
+def model_shapes(config):
+    """(the blocks' matrix shapes, the weights a token passes through: the blocks' matrices times the loops and the
+    head, the dense weights DDP all-reduces: all but the task embeddings) of the config's model."""
+    model = tf.ARCTransformer(config, 1)
+    matrices = [tuple(p.shape) for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
+    dense = sum(p.numel() for n, p in model.named_parameters() if n != "task_embedding.weight")
+    return matrices, sum(math.prod(m) for m in matrices) * config["num_loops"] + model.head.weight.numel(), dense
+
+
+def step_work(config, cells, training=True, assumed=ASSUMED):
+    """(FLOPs, bytes moved) of a step on canvases of `cells` cells each (a list, one a canvas), the prefix tokens
+    added: 6 FLOPs a weight a token training (2 forward only; the head on the cells alone) and 12 (4) x depth x
+    width x tokens^2 for attention; training adds Muon's five Newton-Schulz steps on each block matrix (4 m^2 n + 2 m^3
+    each, m <= n); bf16 activations as ASSUMED, and a training step's weights at parameter_bytes each (forward
+    only, each read as fp32 and written and read as its bf16 copy: 8 bytes)."""
+    matrices, weights, _ = model_shapes(config)
+    head = config["embed_dim"] * tf.VOCAB_SIZE
+    depth, width, prefix = config["num_layers"] * config["num_loops"], config["embed_dim"], config["num_prefix_tokens"]
+    tokens, squares = sum(cells) + prefix * len(cells), sum((c + prefix) ** 2 for c in cells)
+    flops = (6 if training else 2) * (weights * tokens - head * prefix * len(cells)) + (12 if training else 4) * depth * width * squares
+    traffic = (1 if training else 1 / 3) * assumed["activation_reads"] * 2 * width * tokens * depth
+    if training:
+        flops += sum(5 * (4 * min(m) ** 2 * max(m) + 2 * min(m) ** 3) for m in matrices)
+        traffic += assumed["parameter_bytes"] * sum(math.prod(m) for m in matrices)
+    else:
+        traffic += 8 * weights
+    return flops, traffic
+
+
+def counted_operations(config, training_set, batch, predicting=False):
+    """Kernel-launching ATen operations of one eager training step on `batch` in bf16 autocast, as an L4 runs it
+    (after two steps to set up the optimizers' state), or of one prediction of its canvases, counted on this CPU at
+    width 64 on two of its pairs: the count follows the model's depth, loops and code, not its width or batch (917 at
+    width 64 and 128, EXPERIMENTS.md session 27; 1,386 at 2 and 16 pairs, session 29)."""
+    narrow = {**config, "embed_dim": 64, "num_heads": min(config["num_heads"], 4), "compile": False}
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    batch = batch._replace(inputs=batch.inputs[:2], targets=batch.targets[:2], embedding_ids=batch.embedding_ids[:2],
+                           cells=0, rows=None)
+    model, optimizers, scaler = training_parts(narrow, training_set, cpu, bf16)
+    counter = OperationCounter()
+    if predicting:
+        predictor = tf.model_predictor(model, cpu, bf16)
+        with counter:
+            predictor(batch.inputs, batch.embedding_ids)
+        return counter.operations
+    for _ in range(2):
+        tf.train_step(model, optimizers, scaler, batch, 1.0, cpu, bf16, narrow)
+    with counter:
+        tf.train_step(model, optimizers, scaler, batch, 1.0, cpu, bf16, narrow)
+    return counter.operations
+
+
+def projected_l4(config, training_set, evaluation_tasks=(), processes=4):
+    """{training, training_4, adaptation, prediction: projected_ms(...) plus "pairs"} for the config on this training
+    set: its epoch's batches spread over the sizes (the mean), an adaptation step of adapt_batch_size pairs of its
+    tasks (the mean), and a prediction batch of batch_size canvases at the evaluation tasks' mean side."""
+    batches = [batch for _, batch in spread_batches(training_set, config, 8)]
+    adaptations = adaptation_batches_spread(training_set, config, 8)
+    cells = lambda batch: [math.prod(batch.inputs.shape[1:])] * len(batch.inputs)
+    mean_work = lambda group, training: np.mean([step_work(config, cells(b), training) for b in group], axis=0)
+    allreduce = 4 * model_shapes(config)[2]  # fp32 gradients of the dense weights
+    operations = counted_operations(config, training_set, batches[0])
+    sides = [tf.prediction_side(t, x, config["canvas_size"]) for t in evaluation_tasks for x in t.test_inputs] or [
+        int(np.sqrt(np.mean([math.prod(b.inputs.shape[1:]) for b in batches])))]
+    side = round(float(np.mean(sides)))
+    blank = np.full((2, side, side), tf.COLOUR_OFFSET, dtype=np.int64)
+    canvases = tf.Batch(blank, blank, np.zeros(2, dtype=np.int64))
+    prediction_operations = counted_operations(config, training_set, canvases, predicting=True)
+    prediction_flops, prediction_traffic = step_work(config, [side * side] * config["batch_size"], False)
+    return {"training": {**projected_ms(operations, *mean_work(batches, True)), "pairs": config["batch_size"]},
+            f"training_{processes}": {**projected_ms(operations, *mean_work(batches, True), allreduce_bytes=allreduce,
+                                                     processes=processes), "pairs": config["batch_size"]},
+            "adaptation": {**projected_ms(operations, *mean_work(adaptations, True)), "pairs": config["adapt_batch_size"]},
+            "prediction": {**projected_ms(prediction_operations, prediction_flops, prediction_traffic),
+                           "pairs": config["batch_size"], "side": side},
+            "operations": operations}
+
+
+def print_projection(argv):
+    """bench.py --l4: the projected L4 line of the named preset, or of the kaggle and dev presets."""
+    import dev_bench  # the dev preset's data: the benchmark's small tasks on its 11-cell canvas
+    named = [a.partition("=")[2] for a in argv if a.startswith("--preset=")]
+    rest = [a for a in argv if not a.startswith("--preset=")]
+    for preset in named or ["kaggle", "dev"]:
+        config = tf.parse_config([f"--preset={preset}", *rest], presets=PRESETS)
+        tasks = dev_bench.benchmark_tasks() if preset == "dev" else tf.load_tasks(config)[0]
+        parts = projected_l4(config, tf.build_training_set(tasks, config), tasks["evaluation"])
+        show = lambda p: (f"{p['ms']:.1f} ms (host {p['host']:.1f}, device {p['device']:.1f}: compute "
+                          f"{p['compute']:.1f}, memory {p['memory']:.1f}" + (f", all-reduce {p['allreduce']:.1f}"
+                                                                             if p["allreduce"] else "") + ")")
+        print(f"projected L4, {preset} preset ({config['embed_dim']} wide, {config['num_layers']} blocks x "
+              f"{config['num_loops']}): a training step of {parts['training']['pairs']} pairs {show(parts['training'])}; "
+              f"on 4x L4 {show(parts['training_4'])}; an adaptation step of {parts['adaptation']['pairs']} pairs "
+              f"{show(parts['adaptation'])}; a prediction batch of {parts['prediction']['pairs']} canvases "
+              f"{parts['prediction']['side']}x{parts['prediction']['side']} {show(parts['prediction'])}; "
+              f"{parts['operations']:,} operations a step")
+    print("assumptions (bench.py's ASSUMED): " + ", ".join(f"{k} {v:.3g}" for k, v in ASSUMED.items())
+          + f"; the L4's {L4['tflops']:g} TFLOP/s of dense bf16 and {L4['gbs']:g} GB/s (its data sheet); operations counted"
+          " eager on this CPU (a compiled trunk issues fewer), FLOPs and bytes computed for bf16 autocast")
+
+
+# -----------------------------------------------------------------------------
 # The self-check: what a real run needs of the machine, each part tried and reported in one table.
 
 def spread_batches(training_set, config, count):
@@ -526,6 +658,8 @@ if __name__ == "__main__":
     try:
         if "--check" in sys.argv[1:]:
             sys.exit(self_check([a for a in sys.argv[1:] if a != "--check"]))
+        if "--l4" in sys.argv[1:]:
+            sys.exit(print_projection([a for a in sys.argv[1:] if a != "--l4"]))
         if "--steps" in sys.argv[1:]:
             sys.exit(print_step_profile([a for a in sys.argv[1:] if a != "--steps"]))
         main(sys.argv[1:])
