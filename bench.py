@@ -460,7 +460,7 @@ def print_projection(argv):
               f"{parts['operations']:,} operations a step")
     print("assumptions (bench.py's ASSUMED): " + ", ".join(f"{k} {v:.3g}" for k, v in ASSUMED.items())
           + f"; the L4's {L4['tflops']:g} TFLOP/s of dense bf16 and {L4['gbs']:g} GB/s (its data sheet); operations counted"
-          " eager on this CPU (a compiled trunk issues fewer), FLOPs and bytes computed for bf16 autocast")
+          " eager under bf16 autocast on this CPU (a compiled trunk issues fewer), FLOPs and bytes computed for bf16")
 
 
 # -----------------------------------------------------------------------------
