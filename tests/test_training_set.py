@@ -158,10 +158,11 @@ def test_each_process_builds_only_its_slice_of_a_batch_and_knows_the_whole_batch
 def test_the_dev_benchmark_trains_on_no_benchmark_answer():
     import dev_bench
     tasks = dev_bench.benchmark_tasks()
-    assert len(tasks["evaluation"]) == 178 and all(dev_bench.small(t) for t in tasks["evaluation"])
+    assert len(tasks["evaluation"]) == 178 + 47 and all(dev_bench.small(t) for t in tasks["evaluation"])
     benchmark_ids = {t.id for t in tasks["evaluation"]}
     assert not benchmark_ids & {t.id for t in tasks["training"]}
-    tasks["evaluation"][5].test_outputs[0] = np.array(MARKER, dtype=np.uint8)  # the detector's marker
+    for planted in (5, -1):  # a task of each scored set: the detector's marker as its answer
+        tasks["evaluation"][planted].test_outputs[0] = np.array(MARKER, dtype=np.uint8)
     config = tf.parse_config(["--preset=dev", "--num_augmentations=2", "--vote_augmentations=2"],
                              presets=tf.load_presets(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     training_set = tf.build_training_set(tasks, config)
@@ -178,7 +179,7 @@ def test_the_dev_benchmark_floors_solve_what_they_should():
                              "test": [{"input": [[3, 1], [1, 2]], "output": [[1, 3], [7, 1]]}]}, "f", "evaluation", "here")
     attempts = dev_bench.dihedral_colour_floor(flip)[0]  # a left-right flip with 2 -> 7
     assert any(np.array_equal(attempt, flip.test_outputs[0]) for attempt in attempts)
-    scores = dev_bench.floor_scores(dev_bench.benchmark_tasks()["evaluation"])
+    scores = dev_bench.floor_scores(dev_bench.task_sets()[dev_bench.SET_NAMES[0]])
     assert scores["identity"]["tasks_solved"] == 0
     assert scores["rotation/reflection + colour map"]["tasks_solved"] == 11
 
@@ -196,7 +197,7 @@ def test_a_focused_epoch_draws_the_evaluation_and_test_demonstrations_alone():
 def test_the_dev_benchmark_as_a_hidden_run_holds_no_answer_at_all():
     import dev_bench
     hidden = dev_bench.benchmark_tasks(hidden=True)
-    assert hidden["evaluation"] == [] and len(hidden["test"]) == 178
+    assert hidden["evaluation"] == [] and len(hidden["test"]) == 178 + 47
     assert all(t.test_outputs is None for t in hidden["test"])
     answers = {(tf.grid_key(i), tf.grid_key(o)) for t in dev_bench.benchmark_tasks()["evaluation"]
                for i, o in zip(t.test_inputs, t.test_outputs)}
