@@ -381,7 +381,8 @@ def step_work(config, cells, training=True, assumed=ASSUMED):
     head = config["embed_dim"] * tf.VOCAB_SIZE
     depth, width, prefix = config["num_layers"] * config["num_loops"], config["embed_dim"], config["num_prefix_tokens"]
     tokens, squares = sum(cells) + prefix * len(cells), sum((c + prefix) ** 2 for c in cells)
-    flops = (6 if training else 2) * (weights * tokens - head * prefix * len(cells)) + (12 if training else 4) * depth * width * squares
+    flops = ((6 if training else 2) * (weights * tokens - head * prefix * len(cells))
+             + (12 if training else 4) * depth * width * squares)
     traffic = (1 if training else 1 / 3) * assumed["activation_reads"] * 2 * width * tokens * depth
     if training:
         flops += sum(5 * (4 * min(m) ** 2 * max(m) + 2 * min(m) ** 3) for m in matrices)

@@ -52,7 +52,8 @@ def task_sets():
     most MAX_SIDE, and the ARC-AGI-2 training tasks as small whose ids are no ARC-AGI-1 task's (another origin)."""
     arc1, arc2 = tf.load_embedded("arc-agi-1"), tf.load_embedded("arc-agi-2")
     arc1_ids = {t.id for split in arc1.values() for t in split}
-    chosen = ([t for t in arc1["training"] if small(t)], [t for t in arc2["training"] if small(t) and t.id not in arc1_ids])
+    chosen = ([t for t in arc1["training"] if small(t)],
+              [t for t in arc2["training"] if small(t) and t.id not in arc1_ids])
     return {name: [tf.Task(t.id, "evaluation", t.train, t.test_inputs, t.test_outputs) for t in tasks]
             for name, tasks in zip(SET_NAMES, chosen)}
 
@@ -143,7 +144,8 @@ def scored_sets(folder, hidden):
     the run had no answer (`hidden`) or no time for its final evaluation (the test tasks are the scored ones)."""
     path = os.path.join(folder, "eval_predictions.json")
     if hidden or not os.path.exists(path):
-        return {name: submission_scores(os.path.join(folder, "submission.json"), tasks) for name, tasks in task_sets().items()}
+        path = os.path.join(folder, "submission.json")
+        return {name: submission_scores(path, tasks) for name, tasks in task_sets().items()}
     report = json.load(open(path))
     return {name: set_summary(report, tasks) for name, tasks in task_sets().items()}
 
@@ -164,41 +166,52 @@ def mean_row(summaries):
     return mean
 
 
+def print_row(name, summary):
+    among = summary.get("answer_among_candidates")
+    solved = summary["output_score"] * summary["num_outputs"]
+    candidates = "" if among is None else f"  answer among candidates {among:g} of {summary['num_outputs']} outputs"
+    print(f"  {name:<36} {summary['tasks_solved']:6g} tasks solved  task score {summary['task_score']:.4f}  outputs "
+          f"{summary['output_score']:.4f}" + (candidates and f"{candidates} ({solved:g} solved)"))
+
+
 def print_sets(runs, seconds):
-    """A table per scored set (each run's row, their mean, the floors), then one line with each set's mean.
-    `runs`: [(name, {set name: summary}, run_length)]."""
+    """Each run's length, then a table per scored set (each run's row, their mean, the floors), then one line with
+    each set's mean. `runs`: [(name, {set name: summary}, run_length)]."""
     print("\n" + "; ".join(f"{name}: {length['samples']:,} samples ({length['steps']:,} steps), "
                            f"{length['training_seconds']:.0f} s training" for name, _, length in runs)
           + f" | {seconds:.0f} s in all")
     means = []
     for set_name, tasks in task_sets().items():
         rows = [(name, sets[set_name]) for name, sets, _ in runs]
+        each = [summary["tasks_solved"] for _, summary in rows]
         if len(rows) > 1:
             rows.append(("model, mean", mean_row([summary for _, summary in rows])))
-        means.append((set_name, rows[-1][1]["tasks_solved"], [summary["tasks_solved"] for _, summary in rows[:len(runs)]]))
-        print(f"\npass@2 on {set_name}: {rows[0][1]['num_tasks']} tasks, {rows[0][1]['num_outputs']} test outputs")
+        means.append(f"{set_name} {rows[-1][1]['tasks_solved']:g} tasks ({', '.join(f'{n:g}' for n in each)})")
+        print(f"\npass@2 on {set_name}: {len(tasks)} tasks, {rows[0][1]['num_outputs']} test outputs")
         for name, summary in rows + list(floor_scores(tasks).items()):
-            among = summary.get("answer_among_candidates")
-            print(f"  {name:<36} {summary['tasks_solved']:6g} tasks solved  task score {summary['task_score']:.4f}  "
-                  f"outputs {summary['output_score']:.4f}" + ("" if among is None else f"  answer among candidates "
-                  f"{among:g} of {summary['num_outputs']} outputs ({summary['output_score'] * summary['num_outputs']:g} solved)"))
-    print("\nsets: " + "; ".join(f"{name} {mean:g} tasks ({', '.join(f'{n:g}' for n in each)})" for name, mean, each in means))
+            print_row(name, summary)
+    print("\nsets: " + "; ".join(means))
+
+
+def dev_config(argv):
+    return tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_one(argv, hidden, start):
-    config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
+    config = dev_config(argv)
     tasks = benchmark_tasks(hidden)
     tasks["extra"] = tf.load_extra_data(config["extra_data"])  # any that is a scored task (by id or input) is dropped
     training_set = tf.build_training_set(tasks, config)
     sets = task_sets()
     names = ", ".join(f"{len(t)} {name.split(' (')[0]} tasks" for name, t in sets.items())
-    print(f"dev benchmark: {names} with every "
-          f"grid at most {MAX_SIDE}x{MAX_SIDE}, scored once at the end; training on their "
+    print(f"dev benchmark: {names} with every grid at most {MAX_SIDE}x{MAX_SIDE}, scored once at the end; training on "
+          f"their "
           f"{sum(len(t.train) for ts in sets.values() for t in ts)} demonstration pairs and all pairs of "
           f"{len(tasks['training'])} small ARC-AGI-1 evaluation tasks "
           f"({training_set.extra_start} pairs after removing duplicates and held-out inputs)"
           + (f"; {len(tasks['extra'])} extra tasks, {len(training_set.inputs) - training_set.extra_start} of their "
-             f"pairs kept" if tasks["extra"] else "") + "".join(f"; {n} {what}" for what, n in training_set.dropped.items())
+             f"pairs kept" if tasks["extra"] else "")
+          + "".join(f"; {n} {what}" for what, n in training_set.dropped.items())
           + ("; as a hidden run: scored on submission.json" if hidden else ""))
     output_dir = tf.resolve_output_dir(config)
     with tf.RunLock(config["checkpoint_dir"]):
@@ -212,7 +225,7 @@ def run_one(argv, hidden, start):
 
 def run_seeds(seeds, length, argv, hidden, start):
     """Each seed as its own one-thread process at once; then each one's result and the mean."""
-    config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
+    config = dev_config(argv)
     output_dir = tf.resolve_output_dir(config)
     runs = []
     for seed in seeds:
@@ -261,7 +274,7 @@ def main(argv):
         length = [f"--minutes={float(minutes)}"]
         run_argv = ["--max_steps=0", f"--target_runtime_hours={float(minutes) / 60}", *argv]
     else:  # a fixed length: the budget only has to be long enough for it
-        config = tf.parse_config(["--preset=dev", *argv], presets=tf.load_presets(os.path.dirname(os.path.abspath(__file__))))
+        config = dev_config(argv)
         length = [f"--steps={fixed_steps(config, steps, samples, l4_minutes)}"]
         run_argv = [f"--max_steps={length[0].partition('=')[2]}", "--target_runtime_hours=1000.0", *argv]
     if seeds:
