@@ -4,6 +4,7 @@ the same machine, model width and depth, in one run; and a self-check of the mac
     python bench.py [--repeats=3] [--batches=8] [--preset=kaggle] [--dtype=auto] [--embed_dim=256 ...]
     python bench.py --check [--key=value ...]     # can this machine run the kaggle preset? one table
     python bench.py --steps [--key=value ...]     # what one training step asks of the host: operations, syncs, ms
+    python bench.py --l4 [--preset=NAME ...]      # a step, an adaptation step, a prediction batch projected on an L4
 
 Prints, for each step: samples/s, useful cells/s (cells of real grids, not padding), achieved GFLOP/s on
 useful work and that as a fraction of the matrix-multiply peak measured here for the same dtype; then the
