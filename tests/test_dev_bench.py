@@ -77,3 +77,14 @@ def test_the_second_set_is_of_another_origin_small_and_apart_from_the_first():
     assert all(dev_bench.small(t) and t.test_outputs for t in first + second)
     inputs = lambda tasks: {tf.grid_key(g) for t in tasks for g in t.test_inputs}
     assert not inputs(first) & inputs(second)
+
+
+def test_l4_minutes_give_a_looped_arm_fewer_steps_and_a_wider_one_as_many():
+    """On an L4 the dev model's step is bound by the host's operations (bench.py's projection): a second pass through
+    the blocks issues more of them, a wider model the same."""
+    import dev_bench
+    import train_full as tf
+    steps = {name: dev_bench.fixed_steps(tf.parse_config(["--preset=dev", "--num_augmentations=2", "--vote_augmentations=2",
+                                                          *flags], presets=tf.load_presets(ROOT)), None, None, "1")
+             for name, flags in (("loop", []), ("once", ["--num_loops=1"]), ("wide", ["--embed_dim=256"]))}
+    assert steps["once"] > 1.2 * steps["loop"] and steps["wide"] == steps["loop"]
