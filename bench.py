@@ -5,6 +5,7 @@ the same machine, model width and depth, in one run; and a self-check of the mac
     python bench.py --check [--key=value ...]     # can this machine run the kaggle preset? one table
     python bench.py --steps [--key=value ...]     # what one training step asks of the host: operations, syncs, ms
     python bench.py --l4 [--preset=NAME ...]      # a step, an adaptation step, a prediction batch projected on an L4
+    python bench.py --l4 --measure                # and the same three timed on this machine's device, beside
 
 Prints, for each step: samples/s, useful cells/s (cells of real grids, not padding), achieved GFLOP/s on
 useful work and that as a fraction of the matrix-multiply peak measured here for the same dtype; then the
@@ -416,22 +417,30 @@ def counted_operations(config, training_set, batch, predicting=False):
     return counter.operations
 
 
+def projection_inputs(config, training_set, evaluation_tasks=()):
+    """(training batches of its epoch spread over the sizes, adaptation batches of adapt_batch_size pairs of one task
+    spread over the tasks' sizes, the evaluation tasks' mean prediction side): what is projected, and measured."""
+    batches = [batch for _, batch in spread_batches(training_set, config, 8)]
+    sides = [tf.prediction_side(t, x, config["canvas_size"]) for t in evaluation_tasks for x in t.test_inputs] or [
+        int(np.sqrt(np.mean([math.prod(b.inputs.shape[1:]) for b in batches])))]
+    return batches, adaptation_batches_spread(training_set, config, 8), round(float(np.mean(sides)))
+
+
+def blank_canvases(count, side):
+    blank = np.full((count, side, side), tf.COLOUR_OFFSET, dtype=np.int64)
+    return tf.Batch(blank, blank, np.zeros(count, dtype=np.int64))
+
+
 def projected_l4(config, training_set, evaluation_tasks=(), processes=4):
     """{training, training_4, adaptation, prediction: projected_ms(...) plus "pairs"} for the config on this training
     set: its epoch's batches spread over the sizes (the mean), an adaptation step of adapt_batch_size pairs of its
     tasks (the mean), and a prediction batch of batch_size canvases at the evaluation tasks' mean side."""
-    batches = [batch for _, batch in spread_batches(training_set, config, 8)]
-    adaptations = adaptation_batches_spread(training_set, config, 8)
+    batches, adaptations, side = projection_inputs(config, training_set, evaluation_tasks)
     cells = lambda batch: [math.prod(batch.inputs.shape[1:])] * len(batch.inputs)
     mean_work = lambda group, training: np.mean([step_work(config, cells(b), training) for b in group], axis=0)
     allreduce = 4 * model_shapes(config)[2]  # fp32 gradients of the dense weights
     operations = counted_operations(config, training_set, batches[0])
-    sides = [tf.prediction_side(t, x, config["canvas_size"]) for t in evaluation_tasks for x in t.test_inputs] or [
-        int(np.sqrt(np.mean([math.prod(b.inputs.shape[1:]) for b in batches])))]
-    side = round(float(np.mean(sides)))
-    blank = np.full((2, side, side), tf.COLOUR_OFFSET, dtype=np.int64)
-    canvases = tf.Batch(blank, blank, np.zeros(2, dtype=np.int64))
-    prediction_operations = counted_operations(config, training_set, canvases, predicting=True)
+    prediction_operations = counted_operations(config, training_set, blank_canvases(2, side), predicting=True)
     prediction_flops, prediction_traffic = step_work(config, [side * side] * config["batch_size"], False)
     return {"training": {**projected_ms(operations, *mean_work(batches, True)), "pairs": config["batch_size"]},
             f"training_{processes}": {**projected_ms(operations, *mean_work(batches, True), allreduce_bytes=allreduce,
@@ -442,15 +451,45 @@ def projected_l4(config, training_set, evaluation_tasks=(), processes=4):
             "operations": operations}
 
 
+def measured_ms(config, training_set, evaluation_tasks=(), repeats=3):
+    """{training, adaptation, prediction: median ms} of what projected_l4 projects, run on this machine's device in
+    the run's precision: a training step on each spread batch, an adaptation step (a training step at the peak rate)
+    on each adaptation batch, and a prediction of batch_size blank canvases; after a warm-up of each."""
+    device = tf.choose_device(config)
+    amp_dtype, _ = tf.choose_precision(config, device)
+    model, optimizers, scaler = training_parts(config, training_set, device, amp_dtype)
+    batches, adaptations, side = projection_inputs(config, training_set, evaluation_tasks)
+    canvases = blank_canvases(config["batch_size"], side)
+    predictor = tf.model_predictor(model, device, amp_dtype)
+    step = lambda batch: tf.train_step(model, optimizers, scaler, batch, 1.0, device, amp_dtype, config)
+    runs = {"training": [lambda b=b: step(b) for b in batches], "adaptation": [lambda b=b: step(b) for b in adaptations],
+            "prediction": [lambda: predictor(canvases.inputs, canvases.embedding_ids)]}
+    timed = {}
+    for name, calls in runs.items():
+        for call in calls:
+            call()
+        times = []
+        for _ in range(repeats):
+            for call in calls:
+                synchronize(device)
+                start = time.perf_counter()
+                call()
+                synchronize(device)
+                times.append(time.perf_counter() - start)
+        timed[name] = 1000 * statistics.median(times)
+    return timed
+
+
 def print_projection(argv):
     """bench.py --l4: the projected L4 line of the named preset, or of the kaggle and dev presets."""
     import dev_bench  # the dev preset's data: the benchmark's small tasks on its 11-cell canvas
     named = [a.partition("=")[2] for a in argv if a.startswith("--preset=")]
-    rest = [a for a in argv if not a.startswith("--preset=")]
+    rest = [a for a in argv if not a.startswith("--preset=") and a != "--measure"]
     for preset in named or ["kaggle", "dev"]:
         config = tf.parse_config([f"--preset={preset}", *rest], presets=PRESETS)
         tasks = dev_bench.benchmark_tasks() if preset == "dev" else tf.load_tasks(config)[0]
-        parts = projected_l4(config, tf.build_training_set(tasks, config), tasks["evaluation"])
+        training_set = tf.build_training_set(tasks, config)
+        parts = projected_l4(config, training_set, tasks["evaluation"])
         show = lambda p: (f"{p['ms']:.1f} ms (host {p['host']:.1f}, device {p['device']:.1f}: compute "
                           f"{p['compute']:.1f}, memory {p['memory']:.1f}" + (f", all-reduce {p['allreduce']:.1f}"
                                                                              if p["allreduce"] else "") + ")")
@@ -460,6 +499,11 @@ def print_projection(argv):
               f"{show(parts['adaptation'])}; a prediction batch of {parts['prediction']['pairs']} canvases "
               f"{parts['prediction']['side']}x{parts['prediction']['side']} {show(parts['prediction'])}; "
               f"{parts['operations']:,} operations a step")
+        if "--measure" in argv:  # the same three run here: on an L4 (or another GPU) what corrects ASSUMED
+            measured = measured_ms(config, training_set, tasks["evaluation"])
+            print(f"measured on {tf.choose_device(config)} ({tf.choose_precision(config, tf.choose_device(config))[1]}"
+                  f", compile {config['compile']}): " + ", ".join(f"{name} {ms:.1f} ms ({ms / parts[name]['ms']:.2f}x "
+                                                                 f"projected)" for name, ms in measured.items()))
     print("assumptions (bench.py's ASSUMED): " + ", ".join(f"{k} {v:.3g}" for k, v in ASSUMED.items())
           + f"; the L4's {L4['tflops']:g} TFLOP/s of dense bf16 and {L4['gbs']:g} GB/s (its data sheet); operations counted"
           " eager under bf16 autocast on this CPU (a compiled trunk issues fewer), FLOPs and bytes computed for bf16")

@@ -65,3 +65,16 @@ def test_the_projection_of_a_preset_counts_its_operations_and_prices_every_part(
         assert parts[name]["ms"] == max(parts[name]["host"], parts[name]["device"]) > 0
     assert parts["training_4"]["allreduce"] > 0 == parts["training"]["allreduce"]
     assert parts["training"]["host"] == pytest.approx(parts["operations"] * bench.ASSUMED["host_us"] / 1e3)
+
+
+def test_the_measured_milliseconds_time_what_the_projection_prices_on_this_device():
+    config = tf.parse_config(["--preset=quick", "--num_augmentations=2", "--vote_augmentations=2", "--adapt_steps=2"],
+                             presets=bench.PRESETS)
+    tasks, _ = tf.load_tasks(config, local_folder="/nonexistent", kaggle_root="/nonexistent")
+    tasks = {split: found[:6] for split, found in tasks.items()}
+    training_set = tf.build_training_set(tasks, config)
+    batches, adaptations, side = bench.projection_inputs(config, training_set, tasks["evaluation"])
+    assert batches and adaptations and max(len(b.inputs) for b in adaptations) == config["adapt_batch_size"]
+    measured = bench.measured_ms(config, training_set, tasks["evaluation"], repeats=1)
+    assert set(measured) == {"training", "adaptation", "prediction"}
+    assert all(0 < ms < float("inf") for ms in measured.values())
