@@ -5,7 +5,7 @@ the same machine, model width and depth, in one run; and a self-check of the mac
     python bench.py --check [--key=value ...]     # can this machine run the kaggle preset? one table
     python bench.py --steps [--key=value ...]     # what one training step asks of the host: operations, syncs, ms
     python bench.py --l4 [--preset=NAME ...]      # a step, an adaptation step, a prediction batch projected on an L4
-    python bench.py --l4 --measure                # and the same three timed on this machine's device, beside
+    python bench.py --l4 --measure                # and the same three timed on this machine's device
 
 Prints, for each step: samples/s, useful cells/s (cells of real grids, not padding), achieved GFLOP/s on
 useful work and that as a fraction of the matrix-multiply peak measured here for the same dtype; then the
