@@ -7,6 +7,8 @@ of training samples.
     python dev_bench.py --seeds=0,1 --l4_minutes=2     # the steps two minutes of an L4 train, by bench.py's projection
     python dev_bench.py --minutes=15 [--key=value ...] # bound by this machine's clock, as a user sees it: no decision
     python dev_bench.py --hidden [--key=value ...]     # as Kaggle's hidden run: no answers until the end
+    python dev_bench.py --seed=0 --samples=384000 --resume=True --checkpoint_dir=COPY --adapt_steps=64
+    #   the end alone (adaptation, votes, scores) on a finished run's weights: COPY a copy of its checkpoint folder
 
 Two scored sets, every grid at most 10x10: the 178 ARC-AGI-1 training tasks, and the 47 ARC-AGI-2 training tasks
 that are no ARC-AGI-1 task (another origin: made for ARC-AGI-2). Both are the run's evaluation split: the model trains
