@@ -40,7 +40,7 @@ PRESETS = {
         "save_every_n_minutes": 5.0,
         "log_every_n_steps": 200,
         "focus_fraction": 0.3,     # the last 30% on the scored tasks' demonstrations: never lower (the dev benchmark)
-        "adapt_steps": 32,         # per-task adaptation: 32 steps beat 8 and 16 on four-times weights (session 13)
+        "adapt_steps": 32,         # per-task adaptation: 32 steps beat 8 and 16; 64 add nothing (sessions 13, 31)
         "compile": False,          # on a CPU compiling and recompiling for the end's shapes costs more than it gains
         "checkpoint_dir": "checkpoints/dev",
         "output_dir": "outputs/dev",
@@ -51,7 +51,7 @@ PRESETS = {
         "batch_size": 64,          # 64 pairs a GPU keep an L4 busier than its host (bench.py --l4)
         "num_loops": 2,            # the blocks applied twice: the loop won at four times the dev samples (session 24)
         "focus_fraction": 0.3,     # the last 30% on the evaluation and hidden tasks' demonstrations
-        "adapt_steps": 32,         # on four-times weights 32 adaptation steps beat 8 and 16, tie 64 (session 13)
+        "adapt_steps": 32,         # 32 adaptation steps beat 8 and 16; 64 add nothing (sessions 13, 31)
         "eval_every_n_minutes": 30.0,
         "save_every_n_minutes": 30.0,
     },
